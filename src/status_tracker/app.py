@@ -1,0 +1,71 @@
+"""The ASGI application: `create_app(settings)` builds it; nothing is built at import time."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypedDict
+
+import asyncpg
+from fastapi import FastAPI
+
+from status_tracker import errors, logs
+from status_tracker.database import create_pool
+from status_tracker.routes import health, messages, webhooks
+from status_tracker.settings import Settings
+from status_tracker.signatures import SignatureVerifier
+
+log = logging.getLogger(__name__)
+
+
+class State(TypedDict):
+    settings: Settings
+    pool: asyncpg.Pool
+    verifier: SignatureVerifier
+    api_keys: list[str]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. With no settings (as uvicorn's factory), they come from the environment."""
+    settings = settings or Settings()
+    if settings.database_url is None:
+        raise RuntimeError(
+            "DATABASE_URL is not set: run `status-tracker serve`, which starts an embedded "
+            "PostgreSQL, or set DATABASE_URL."
+        )
+    dsn = settings.database_url.get_secret_value()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[State]:
+        shared_key = settings.twilio_webhook_shared_key
+        verifier = SignatureVerifier(
+            settings.signing_tokens, shared_key.get_secret_value() if shared_key else None
+        )
+        if not settings.signing_tokens and shared_key is None:
+            log.warning("no TWILIO_AUTH_TOKEN: every webhook will be refused (403)")
+        keys = [key.get_secret_value() for key in settings.api_keys]
+        if not keys:
+            log.warning("no API key configured: every /v1 request will be refused (401)")
+        pool = await create_pool(settings, dsn)
+        try:
+            yield {"settings": settings, "pool": pool, "verifier": verifier, "api_keys": keys}
+        finally:
+            await pool.close()
+
+    app = FastAPI(
+        title="status-tracker",
+        version="0.1.0",
+        summary="Durable, order-proof tracking of Twilio message statuses.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(webhooks.router)
+    app.include_router(messages.router)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """What `status-tracker serve` gives uvicorn: settings from the environment, JSON logs."""
+    settings = Settings()
+    logs.configure(settings.log_level)
+    return create_app(settings)

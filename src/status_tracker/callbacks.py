@@ -1,0 +1,175 @@
+"""Turning a status callback's raw form body into a report the repository can store."""
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from status_tracker.precedence import normalise_status
+
+MESSAGE_SID_PATTERN = r"^(SM|MM)[0-9a-f]{32}$"
+# Twilio sends a few dozen fields; a form with thousands of them is not from Twilio.
+MAX_FIELDS = 1000
+
+
+class MalformedForm(ValueError):
+    pass
+
+
+class Form:
+    """The ordered name/value pairs of a form body, repeated names included.
+
+    It has the `getall` that twilio's RequestValidator looks for, so the signature is computed
+    over exactly the pairs that are stored.
+    """
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = pairs
+
+    @classmethod
+    def parse(cls, text: str) -> "Form":
+        try:
+            pairs = parse_qsl(
+                text, keep_blank_values=True, errors="strict", max_num_fields=MAX_FIELDS
+            )
+        except (UnicodeDecodeError, ValueError) as error:
+            raise MalformedForm(str(error)) from error
+        # PostgreSQL text cannot hold NUL, and Twilio never sends it.
+        if any("\x00" in name or "\x00" in value for name, value in pairs):
+            raise MalformedForm("a field contains a NUL character")
+        return cls(pairs)
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self.pairs)
+
+    def getall(self, name: str) -> list[str]:
+        return [value for key, value in self.pairs if key == name]
+
+    def as_fields(self) -> dict[str, str | list[str]]:
+        """Every field, a repeated name as the list of its values in order."""
+        fields: dict[str, str | list[str]] = {}
+        for name, value in self.pairs:
+            previous = fields.get(name)
+            if previous is None:
+                fields[name] = value
+            elif isinstance(previous, list):
+                previous.append(value)
+            else:
+                fields[name] = [previous, value]
+        return fields
+
+
+class StatusCallback(BaseModel):
+    """A status callback as Twilio posts it. Fields Twilio adds later are kept, not refused."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    message_sid: str = Field(alias="MessageSid", pattern=MESSAGE_SID_PATTERN)
+    message_status: str = Field(alias="MessageStatus", min_length=1, max_length=64)
+    account_sid: str | None = Field(default=None, alias="AccountSid")
+    to: str | None = Field(default=None, alias="To")
+    from_: str | None = Field(default=None, alias="From")
+    messaging_service_sid: str | None = Field(default=None, alias="MessagingServiceSid")
+    error_code: str | None = Field(default=None, alias="ErrorCode")
+    raw_dlr_done_date: str | None = Field(default=None, alias="RawDlrDoneDate")
+    event_type: str | None = Field(default=None, alias="EventType")
+
+    @field_validator("message_status")
+    @classmethod
+    def _status_is_a_word(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_]+", value.strip()):
+            raise ValueError("MessageStatus must be a status name such as 'delivered'")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """One report of a message's status, ready to store, whatever its source."""
+
+    sid: str
+    status: str
+    error_code: int | None
+    received_at: datetime
+    source: str
+    account_sid: str | None = None
+    to: str | None = None
+    from_: str | None = None
+    messaging_service_sid: str | None = None
+    channel: str | None = None
+    carrier_done_at: datetime | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    query: dict[str, Any] = field(default_factory=dict)
+    idempotency_token: str | None = None
+    message_id: UUID | None = None
+
+
+def parse_error_code(raw: str | None) -> int | None:
+    # Refusing a callback loses it (Twilio does not retry a 4xx), so an odd code is kept raw in
+    # the fields and stored as no code rather than refused.
+    if raw is None or not raw.strip().isdigit():
+        return None
+    return int(raw)
+
+
+def parse_raw_dlr_done_date(raw: str | None) -> datetime | None:
+    """`RawDlrDoneDate` is the carrier's YYMMDDhhmm[ss], on the carrier's clock, taken as UTC."""
+    if raw is None or not raw.isdigit() or len(raw) not in (10, 12):
+        return None
+    try:
+        return datetime.strptime(raw if len(raw) == 12 else raw + "00", "%y%m%d%H%M%S").replace(
+            tzinfo=UTC
+        )
+    except ValueError:
+        return None
+
+
+def channel_of(sid: str, *addresses: str | None) -> str:
+    """`whatsapp:+1…` and `rcs:…` name their channel; plain numbers are SMS, or MMS by SID."""
+    for address in addresses:
+        if address and ":" in address:
+            return address.split(":", 1)[0].lower()
+    return "mms" if sid.startswith("MM") else "sms"
+
+
+def message_id_from_query(query: dict[str, Any]) -> UUID | None:
+    """The local id the service put in its own StatusCallback URL, if this callback carries one."""
+    raw = query.get("mid")
+    if not isinstance(raw, str):
+        return None
+    try:
+        return UUID(raw)
+    except ValueError:
+        return None
+
+
+def report_from_callback(
+    callback: StatusCallback,
+    fields: dict[str, Any],
+    query: dict[str, Any],
+    received_at: datetime,
+    idempotency_token: str | None,
+) -> StatusReport:
+    return StatusReport(
+        sid=callback.message_sid,
+        status=normalise_status(callback.message_status, callback.event_type),
+        error_code=parse_error_code(callback.error_code),
+        received_at=received_at,
+        source="callback",
+        account_sid=callback.account_sid,
+        to=callback.to,
+        from_=callback.from_,
+        messaging_service_sid=callback.messaging_service_sid,
+        channel=channel_of(callback.message_sid, callback.to, callback.from_),
+        carrier_done_at=parse_raw_dlr_done_date(callback.raw_dlr_done_date),
+        fields=fields,
+        query=query,
+        idempotency_token=idempotency_token,
+        message_id=message_id_from_query(query),
+    )

@@ -1,0 +1,74 @@
+"""Connecting to PostgreSQL and bringing its schema up to date."""
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import asyncpg
+from alembic import command
+from alembic.config import Config
+
+from status_tracker.settings import Settings
+
+
+async def init_connection(connection: asyncpg.Connection) -> None:
+    await connection.set_type_codec(
+        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+    )
+
+
+async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min(settings.db_pool_min_size, settings.db_pool_max_size),
+        max_size=settings.db_pool_max_size,
+        command_timeout=settings.db_timeout_seconds,
+        init=init_connection,
+    )
+    return pool
+
+
+def _alembic_ini() -> Path:
+    # An installed wheel carries its own copy of the migrations; a checkout has them at the top.
+    packaged = Path(str(resources.files("status_tracker"))) / "alembic.ini"
+    if packaged.exists():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "alembic.ini"
+
+
+def _alembic_config(dsn: str) -> Config:
+    config = Config(str(_alembic_ini()))
+    # configparser would read a '%' in the password as interpolation.
+    config.set_main_option("sqlalchemy.url", dsn.replace("%", "%%"))
+    return config
+
+
+def migrate(dsn: str, revision: str = "head") -> None:
+    """Upgrade the database to `revision`. Blocking: it runs its own event loop."""
+    command.upgrade(_alembic_config(dsn), revision)
+
+
+def downgrade(dsn: str, revision: str) -> None:
+    command.downgrade(_alembic_config(dsn), revision)
+
+
+# SQLSTATE classes of a lost or unreachable database: connection exception, insufficient
+# resources, operator intervention (shutdown, starting up), and 55000 for "not accepting
+# connections". Anything else is a bug, not an outage.
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether `error` means the database cannot be reached now (answer 503 and retry)."""
+    if isinstance(error, OSError | TimeoutError | asyncpg.InterfaceError):
+        return True
+    sqlstate: str = getattr(error, "sqlstate", None) or ""
+    return sqlstate.startswith(_UNAVAILABLE_SQLSTATE_CLASSES) or sqlstate == "55000"
+
+
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresError,
+)

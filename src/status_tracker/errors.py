@@ -1,0 +1,130 @@
+"""One hierarchy of errors, rendered by one handler as RFC 9457 `application/problem+json`."""
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from status_tracker.database import DATABASE_ERRORS, is_unavailable
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class Problem(Exception):
+    status = 500
+    title = "Internal Server Error"
+
+    def __init__(self, detail: str | None = None, **extensions: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail
+        self.extensions = extensions
+        self.headers: dict[str, str] = {}
+
+
+class BadRequest(Problem):
+    status = 400
+    title = "Bad Request"
+
+
+class Unauthorized(Problem):
+    status = 401
+    title = "Unauthorized"
+
+    def __init__(self, detail: str | None = None, **extensions: Any) -> None:
+        super().__init__(detail, **extensions)
+        self.headers["WWW-Authenticate"] = "Bearer"
+
+
+class Forbidden(Problem):
+    status = 403
+    title = "Forbidden"
+
+
+class NotFound(Problem):
+    status = 404
+    title = "Not Found"
+
+
+class Conflict(Problem):
+    status = 409
+    title = "Conflict"
+
+
+class PayloadTooLarge(Problem):
+    status = 413
+    title = "Content Too Large"
+
+
+class ServiceUnavailable(Problem):
+    status = 503
+    title = "Service Unavailable"
+
+    def __init__(self, detail: str | None = None, **extensions: Any) -> None:
+        super().__init__(detail, **extensions)
+        self.headers["Retry-After"] = "1"
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    body.update(extensions)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+async def _problem(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Problem)
+    return problem_response(exc.status, exc.title, exc.detail, exc.headers, **exc.extensions)
+
+
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"field": ".".join(str(part) for part in error["loc"]), "message": error["msg"]}
+        for error in exc.errors()
+    ]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return problem_response(422, "Unprocessable Content", detail, errors=errors)
+
+
+async def _http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return problem_response(
+        exc.status_code, _title(exc.status_code), str(exc.detail), dict(exc.headers or {})
+    )
+
+
+async def _database(request: Request, exc: Exception) -> JSONResponse:
+    if not is_unavailable(exc):
+        log.error("database error", exc_info=exc)
+        return problem_response(500, "Internal Server Error")
+    log.warning("database unavailable", extra={"error": type(exc).__name__})
+    problem = ServiceUnavailable("The database is unavailable; retry shortly.")
+    return problem_response(problem.status, problem.title, problem.detail, problem.headers)
+
+
+def _title(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(Problem, _problem)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    for error in DATABASE_ERRORS:
+        app.add_exception_handler(error, _database)

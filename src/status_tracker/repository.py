@@ -1,0 +1,127 @@
+"""Every SQL statement of the service.
+
+Functions take an asyncpg connection (or pool) and plain values, and return plain records, so
+the web layer, the CLI, the reconciliation job and the benchmarks share them.
+"""
+
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+from uuid import UUID
+
+import asyncpg
+
+from status_tracker.callbacks import StatusReport
+from status_tracker.precedence import NO_ERROR_CODE, is_final, rank
+
+Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
+
+# The precedence rule (precedence.Report.key) in SQL: does the incoming report outrank the stored
+# status? The row is locked by the upsert, so concurrent reports for one message serialise here.
+_WINS = f"""(EXCLUDED.status_rank, EXCLUDED.status COLLATE "C",
+            coalesce(EXCLUDED.error_code, {NO_ERROR_CODE}))
+         > (m.status_rank, m.status COLLATE "C", coalesce(m.error_code, {NO_ERROR_CODE}))"""
+
+# One statement per report: the message is created or its status raised, and the report is
+# appended to the event log, in a single round trip.
+RECORD_REPORT = f"""
+WITH message AS (
+    INSERT INTO messages AS m (
+        sid, account_sid, status, status_rank, error_code, to_number, from_number,
+        messaging_service_sid, channel, created_at, updated_at,
+        sent_at, delivered_at, read_at, final_at
+    )
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14)
+    ON CONFLICT (sid) DO UPDATE SET
+        status = CASE WHEN {_WINS} THEN EXCLUDED.status ELSE m.status END,
+        status_rank = CASE WHEN {_WINS} THEN EXCLUDED.status_rank ELSE m.status_rank END,
+        error_code = CASE WHEN {_WINS} THEN EXCLUDED.error_code ELSE m.error_code END,
+        account_sid = coalesce(m.account_sid, EXCLUDED.account_sid),
+        to_number = coalesce(m.to_number, EXCLUDED.to_number),
+        from_number = coalesce(m.from_number, EXCLUDED.from_number),
+        messaging_service_sid = coalesce(m.messaging_service_sid, EXCLUDED.messaging_service_sid),
+        channel = coalesce(m.channel, EXCLUDED.channel),
+        created_at = least(m.created_at, EXCLUDED.created_at),
+        updated_at = greatest(m.updated_at, EXCLUDED.updated_at),
+        sent_at = least(m.sent_at, EXCLUDED.sent_at),
+        delivered_at = least(m.delivered_at, EXCLUDED.delivered_at),
+        read_at = least(m.read_at, EXCLUDED.read_at),
+        final_at = least(m.final_at, EXCLUDED.final_at)
+    RETURNING m.id
+)
+INSERT INTO message_events (
+    message_id, status, status_rank, error_code, source, received_at, carrier_done_at,
+    fields, query, idempotency_token
+)
+SELECT message.id, $3, $4, $5, $15, $10, $16, $17, $18, $19 FROM message
+"""
+
+
+def _record_report_args(report: StatusReport) -> tuple[Any, ...]:
+    at = report.received_at
+    return (
+        report.sid,
+        report.account_sid,
+        report.status,
+        rank(report.status),
+        report.error_code,
+        report.to,
+        report.from_,
+        report.messaging_service_sid,
+        report.channel,
+        at,
+        at if report.status == "sent" else None,
+        at if report.status == "delivered" else None,
+        at if report.status == "read" else None,
+        at if is_final(report.status) else None,
+        report.source,
+        report.carrier_done_at,
+        report.fields,
+        report.query,
+        report.idempotency_token,
+    )
+
+
+async def record_report(db: Executor, report: StatusReport) -> None:
+    """Store one report: append it to the event log and apply it to the message's status."""
+    await db.execute(RECORD_REPORT, *_record_report_args(report))
+
+
+async def record_reports(connection: asyncpg.Connection, reports: Sequence[StatusReport]) -> None:
+    """Store many reports in one transaction (pipelined: about one round trip)."""
+    await connection.executemany(RECORD_REPORT, [_record_report_args(r) for r in reports])
+
+
+MESSAGE_COLUMNS = """
+    id, sid, account_sid, direction, status, error_code, to_number, from_number,
+    messaging_service_sid, channel, created_at, updated_at, sent_at, delivered_at, read_at,
+    final_at
+"""
+
+
+async def get_message(db: Executor, id_or_sid: str) -> asyncpg.Record | None:
+    """A message by its Twilio SID or by the service's own id."""
+    key: UUID | str
+    try:
+        column, key = "id", UUID(id_or_sid)
+    except ValueError:
+        column, key = "sid", id_or_sid
+    record: asyncpg.Record | None = await db.fetchrow(
+        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE {column} = $1", key
+    )
+    return record
+
+
+async def list_events(db: Executor, message_id: UUID) -> list[asyncpg.Record]:
+    """A message's event log, oldest first."""
+    records: list[asyncpg.Record] = await db.fetch(
+        """
+        SELECT id, status, error_code, source, received_at, carrier_done_at, fields, query
+        FROM message_events WHERE message_id = $1 ORDER BY id
+        """,
+        message_id,
+    )
+    return records
+
+
+async def ping(db: Executor) -> None:
+    await db.fetchval("SELECT 1")

@@ -1,0 +1,127 @@
+"""Webhooks Twilio calls. They are authenticated by signature, not by API key."""
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Request, Response
+from pydantic import ValidationError
+from twilio.request_validator import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER
+
+from status_tracker import repository
+from status_tracker.callbacks import Form, MalformedForm, StatusCallback, report_from_callback
+from status_tracker.deps import PoolDep, SettingsDep, VerifierDep
+from status_tracker.errors import BadRequest, Forbidden, PayloadTooLarge
+from status_tracker.settings import Settings
+from status_tracker.signatures import SignatureVerifier
+
+router = APIRouter(prefix="/webhooks/twilio", tags=["webhooks"])
+
+STATUS_CALLBACK_EXAMPLE = (
+    "MessageSid=SM0123456789abcdef0123456789abcdef&SmsSid=SM0123456789abcdef0123456789abcdef"
+    "&MessageStatus=delivered&SmsStatus=delivered&AccountSid=AC0123456789abcdef0123456789abcdef"
+    "&From=%2B15005550006&To=%2B14155550100&ApiVersion=2010-04-01&RawDlrDoneDate=2611241130"
+)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
+    return bytes(body)
+
+
+def public_url(request: Request, settings: Settings) -> str:
+    """The URL Twilio signed: the configured public base, never the Host a proxy passed on."""
+    raw_path: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
+    url = settings.public_url.rstrip("/") + raw_path.decode("latin-1")
+    query: bytes = request.scope.get("query_string", b"")
+    return f"{url}?{query.decode('latin-1')}" if query else url
+
+
+async def verified_form(
+    request: Request, settings: Settings, verifier: SignatureVerifier
+) -> tuple[Form, Form]:
+    """The form body and the query, once size, encoding and signature are checked."""
+    body = await read_body(request, settings.max_body_bytes)
+    signature = request.headers.get(SIGNATURE_HEADER)
+    if not signature:
+        raise Forbidden(f"Missing {SIGNATURE_HEADER}.")
+    try:
+        form = Form.parse(body.decode("utf-8"))
+        query = Form.parse(request.scope.get("query_string", b"").decode("latin-1"))
+    except (UnicodeDecodeError, MalformedForm) as error:
+        raise BadRequest(f"The body is not a valid UTF-8 form: {error}") from error
+    if not verifier.verify(
+        public_url(request, settings),
+        form,
+        signature,
+        request.headers.get(SIGNATURE_SETTINGS_HEADER),
+    ):
+        raise Forbidden(f"{SIGNATURE_HEADER} does not match this request.")
+    return form, query
+
+
+@router.post(
+    "/status",
+    status_code=204,
+    summary="Twilio status callback",
+    response_class=Response,
+    responses={
+        204: {"description": "Stored durably"},
+        400: {"description": "No MessageSid/MessageStatus, or a malformed one (problem+json)"},
+        403: {"description": "Missing or wrong X-Twilio-Signature (problem+json)"},
+        413: {"description": "Body too large (problem+json)"},
+        503: {"description": "The database is unavailable: nothing stored (problem+json)"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["MessageSid", "MessageStatus"],
+                        "properties": {
+                            "MessageSid": {"type": "string", "pattern": "^(SM|MM)[0-9a-f]{32}$"},
+                            "MessageStatus": {"type": "string"},
+                            "ErrorCode": {"type": "string"},
+                            "To": {"type": "string"},
+                            "From": {"type": "string"},
+                            "RawDlrDoneDate": {"type": "string"},
+                            "EventType": {"type": "string"},
+                        },
+                        "additionalProperties": {"type": "string"},
+                    },
+                    "example": STATUS_CALLBACK_EXAMPLE,
+                }
+            },
+        }
+    },
+)
+async def status_callback(
+    request: Request, settings: SettingsDep, verifier: VerifierDep, pool: PoolDep
+) -> Response:
+    """Point a message's StatusCallback here. Every callback is appended to the message's event
+    log and applied by the precedence rule; the answer (204) comes only once it is committed."""
+    received_at = datetime.now(UTC)
+    form, query = await verified_form(request, settings, verifier)
+    fields = form.as_fields()
+    try:
+        callback = StatusCallback.model_validate(fields)
+    except ValidationError as error:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise BadRequest(detail) from error
+    report = report_from_callback(
+        callback,
+        fields,
+        query.as_fields(),
+        received_at,
+        request.headers.get("i-twilio-idempotency-token"),
+    )
+    async with pool.acquire(timeout=settings.db_timeout_seconds) as connection:
+        await repository.record_report(connection, report)
+    return Response(status_code=204)

@@ -1,0 +1,63 @@
+"""Every setting of the service, read from the environment (or a `.env` file)."""
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", populate_by_name=True, frozen=True
+    )
+
+    database_url: SecretStr | None = Field(
+        default=None,
+        validation_alias="DATABASE_URL",
+        description="PostgreSQL URL. Unset: an embedded cluster under the data directory.",
+    )
+    data_dir: Path = Field(
+        default=Path(".status-tracker"), validation_alias="STATUS_TRACKER_DATA_DIR"
+    )
+    public_url: str = Field(
+        default="http://127.0.0.1:8000",
+        validation_alias="STATUS_TRACKER_PUBLIC_URL",
+        description="The base URL Twilio calls; signatures are checked against it.",
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, validation_alias="STATUS_TRACKER_API_KEYS"
+    )
+    twilio_account_sid: str | None = Field(default=None, validation_alias="TWILIO_ACCOUNT_SID")
+    twilio_auth_token: SecretStr | None = Field(default=None, validation_alias="TWILIO_AUTH_TOKEN")
+    twilio_auth_token_secondary: SecretStr | None = Field(
+        default=None, validation_alias="TWILIO_AUTH_TOKEN_SECONDARY"
+    )
+    twilio_webhook_shared_key: SecretStr | None = Field(
+        default=None,
+        validation_alias="TWILIO_WEBHOOK_SHARED_KEY",
+        description="Secret of a Twilio webhook shared key (HMAC-SHA256 signatures).",
+    )
+    max_body_bytes: int = Field(
+        default=64 * 1024, gt=0, validation_alias="STATUS_TRACKER_MAX_BODY_BYTES"
+    )
+    db_pool_min_size: int = Field(default=1, ge=0, validation_alias="DB_POOL_MIN_SIZE")
+    db_pool_max_size: int = Field(default=10, ge=1, validation_alias="DB_POOL_MAX_SIZE")
+    db_timeout_seconds: float = Field(
+        default=5.0, gt=0, validation_alias="STATUS_TRACKER_DB_TIMEOUT"
+    )
+    log_level: str = Field(default="INFO", validation_alias="STATUS_TRACKER_LOG_LEVEL")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        # The environment gives "key1,key2"; code may pass a list.
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @property
+    def signing_tokens(self) -> list[str]:
+        """Auth tokens a legacy (HMAC-SHA1) signature may be made with, primary first."""
+        tokens = (self.twilio_auth_token, self.twilio_auth_token_secondary)
+        return [t.get_secret_value() for t in tokens if t is not None]

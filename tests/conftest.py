@@ -1,0 +1,116 @@
+"""A real PostgreSQL for the whole run, and a freshly migrated database for every test."""
+
+import asyncio
+import secrets
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from pydantic import SecretStr
+
+from status_tracker.app import create_app
+from status_tracker.database import init_connection, migrate
+from status_tracker.embedded_postgres import EmbeddedPostgres
+from status_tracker.settings import Settings
+from tests.support import API_KEY, AUTH_TOKEN, PUBLIC_URL
+
+TEMPLATE = "status_tracker_template"
+
+
+def world_readable_tempdir(prefix: str) -> Path:
+    # As root the server runs as another user, who must be able to reach the directory.
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+def with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[EmbeddedPostgres]:
+    directory = world_readable_tempdir("status-tracker-tests-")
+    # Durability is PostgreSQL's business and is not what these tests check: skip the fsyncs.
+    cluster = EmbeddedPostgres(
+        directory / "postgres",
+        server_options={"fsync": "off", "full_page_writes": "off", "max_connections": "300"},
+    )
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop(mode="immediate")
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def template_url(postgres: EmbeddedPostgres) -> str:
+    """A database migrated once with the project's own migrations; tests copy it."""
+
+    async def create() -> None:
+        connection = await asyncpg.connect(postgres.dsn)
+        try:
+            await connection.execute(f"CREATE DATABASE {TEMPLATE}")
+        finally:
+            await connection.close()
+
+    asyncio.run(create())
+    url = with_database(postgres.dsn, TEMPLATE)
+    migrate(url)
+    return url
+
+
+@pytest.fixture
+async def database_url(postgres: EmbeddedPostgres, template_url: str) -> AsyncIterator[str]:
+    name = f"test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(postgres.dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+        yield with_database(postgres.dsn, name)
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=SecretStr(database_url),
+        data_dir=tmp_path,
+        public_url=PUBLIC_URL,
+        twilio_auth_token=SecretStr(AUTH_TOKEN),
+        api_keys=[SecretStr(API_KEY)],
+    )
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan running, called over real HTTP semantics (ASGI transport)."""
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://internal:8000",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as http:
+            yield http
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection, to check what is stored without going through the API."""
+    connection = await asyncpg.connect(database_url)
+    await init_connection(connection)
+    try:
+        yield connection
+    finally:
+        await connection.close()
