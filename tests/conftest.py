@@ -1,9 +1,14 @@
 """A real PostgreSQL for the whole run, and a freshly migrated database for every test."""
 
 import asyncio
+import os
 import secrets
 import shutil
+import signal
+import socket
+import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -114,3 +119,77 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield connection
     finally:
         await connection.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class Server:
+    """`status-tracker serve` as a real process, as a user would run it."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = cwd / f"server-{self.port}.log"
+        self._log_file = self.log.open("wb")
+        environment = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
+        environment["STATUS_TRACKER_PUBLIC_URL"] = self.url
+        environment.update(env)
+        self.process = subprocess.Popen(
+            ["status-tracker", "serve", "--port", str(self.port), *args],
+            env=environment,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=self._log_file,
+            text=True,
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready: {self.log.read_text()}")
+
+    def __enter__(self) -> "Server":
+        self.wait_ready()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.communicate()
+        self._log_file.close()
+
+    def stop(self) -> tuple[int, str]:
+        """SIGTERM, as a process manager would; (exit code, what it printed on stdout)."""
+        self.process.send_signal(signal.SIGTERM)
+        stdout, _ = self.process.communicate(timeout=60)
+        self._log_file.close()
+        return self.process.returncode, stdout
+
+
+ENV_PREFIXES = ("DATABASE_URL", "STATUS_TRACKER_", "TWILIO_")
+
+
+@pytest.fixture
+def server(database_url: str, tmp_path: Path) -> Iterator[Server]:
+    """The service on a real port, on this test's database."""
+    environment = {
+        "DATABASE_URL": database_url,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "STATUS_TRACKER_API_KEYS": API_KEY,
+        "STATUS_TRACKER_DATA_DIR": str(tmp_path / "data"),
+    }
+    with Server(environment, tmp_path) as running:
+        yield running

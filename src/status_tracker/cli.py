@@ -3,6 +3,7 @@
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,8 +35,15 @@ def database(settings: Settings) -> Iterator[tuple[str, bool]]:
         cluster.stop()
 
 
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def serve(args: argparse.Namespace) -> None:
     settings = Settings()
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler it
+    # found installed: this one lets the embedded cluster stop before the process exits.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     with database(settings) as (dsn, embedded):
         if embedded:
             migrate(dsn)

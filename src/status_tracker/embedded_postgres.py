@@ -34,11 +34,14 @@ class EmbeddedPostgresError(RuntimeError):
     pass
 
 
-def find_bin_dir() -> Path:
-    on_path = shutil.which("pg_ctl")
+def find_bin_dir(
+    path: str | None = None, pattern: str = "/usr/lib/postgresql/*/bin/pg_ctl"
+) -> Path:
+    """Where the server binaries are: on PATH (or `path`), else Debian's versioned directories."""
+    on_path = shutil.which("pg_ctl", path=path)
     if on_path:
         return Path(on_path).resolve().parent
-    candidates = glob.glob("/usr/lib/postgresql/*/bin/pg_ctl")
+    candidates = glob.glob(pattern)
     if not candidates:
         raise EmbeddedPostgresError(INSTALL_HINT)
     newest = max(candidates, key=lambda path: int(Path(path).parts[-3].split(".")[0]))

@@ -1,0 +1,69 @@
+"""`status-tracker serve` and `migrate` as a new user runs them."""
+
+import asyncio
+import re
+import shutil
+
+import asyncpg
+import httpx
+
+from status_tracker.database import downgrade, migrate
+from tests.conftest import Server, world_readable_tempdir
+from tests.support import AUTH_TOKEN, callback_fields, new_sid, signed
+
+
+def test_one_command_start_on_embedded_defaults_then_restart_on_the_same_data():
+    directory = world_readable_tempdir("serve-")
+    data_dir = directory / ".status-tracker"
+    try:
+        with Server({"TWILIO_AUTH_TOKEN": AUTH_TOKEN}, directory) as first:
+            sid = new_sid()
+            target, body, headers = signed(callback_fields(sid, "delivered"), public_url=first.url)
+            assert httpx.post(first.url + target, content=body, headers=headers).status_code == 204
+            code, printed = first.stop()
+        assert code == 0
+        key = re.search(r"API key \(shown once.*\):\s+(\S+)", printed)
+        assert key is not None, printed
+        assert (data_dir / "api-key").read_text().strip() == key.group(1)
+        # The cluster is stopped with the service.
+        assert not (data_dir / "postgres" / "cluster" / "postmaster.pid").exists()
+
+        with Server({"TWILIO_AUTH_TOKEN": AUTH_TOKEN}, directory) as second:
+            auth = {"Authorization": f"Bearer {key.group(1)}"}
+            message = httpx.get(f"{second.url}/v1/messages/{sid}", headers=auth)
+            assert message.status_code == 200
+            assert message.json()["status"] == "delivered"
+            code, printed = second.stop()
+        assert code == 0
+        assert key.group(1) not in printed  # shown once, never again
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_server_logs_carry_no_secrets_and_no_full_numbers(server: Server):
+    target, body, headers = signed(
+        callback_fields(new_sid(), "undelivered", ErrorCode="30003"), public_url=server.url
+    )
+    httpx.post(server.url + target, content=body, headers=headers)
+    server.stop()
+    logged = server.log.read_text()
+    assert AUTH_TOKEN not in logged
+    assert "+14155550100" not in logged
+
+
+def test_migrations_go_down_and_up_again(database_url: str):
+    async def tables() -> set[str]:
+        connection = await asyncpg.connect(database_url)
+        try:
+            rows = await connection.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            )
+        finally:
+            await connection.close()
+        return {row["tablename"] for row in rows}
+
+    assert {"messages", "message_events"} <= asyncio.run(tables())
+    downgrade(database_url, "base")
+    assert asyncio.run(tables()) == {"alembic_version"}
+    migrate(database_url)
+    assert {"messages", "message_events"} <= asyncio.run(tables())

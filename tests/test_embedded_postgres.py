@@ -1,0 +1,76 @@
+"""The embedded cluster: created, restarted on the same data, stopped."""
+
+import asyncio
+import os
+import shutil
+
+import asyncpg
+import pytest
+
+from status_tracker.embedded_postgres import EmbeddedPostgres, EmbeddedPostgresError, find_bin_dir
+from tests.conftest import world_readable_tempdir
+
+
+async def query(dsn: str, *statements: str) -> object:
+    """Run the statements in order; the value of the last."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        for statement in statements[:-1]:
+            await connection.execute(statement)
+        return await connection.fetchval(statements[-1])
+    finally:
+        await connection.close()
+
+
+def test_cluster_starts_restarts_on_the_same_data_and_stops():
+    directory = world_readable_tempdir("embedded-")
+    try:
+        cluster = EmbeddedPostgres(directory / "postgres")
+        dsn = cluster.start()
+        asyncio.run(
+            query(dsn, "CREATE TABLE kept (x int)", "INSERT INTO kept VALUES (7)", "SELECT 1")
+        )
+        assert (directory / "postgres" / "password").stat().st_mode & 0o777 == 0o600
+        cluster.stop()
+        assert cluster._running_port() is None
+        with pytest.raises(OSError):
+            asyncio.run(query(dsn, "SELECT 1"))
+
+        again = EmbeddedPostgres(directory / "postgres")
+        dsn_again = again.start()
+        assert asyncio.run(query(dsn_again, "SELECT x FROM kept")) == 7
+        again.stop()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_cluster_already_running_is_reused_and_left_running():
+    directory = world_readable_tempdir("embedded-")
+    try:
+        owner = EmbeddedPostgres(directory / "postgres")
+        dsn = owner.start()
+        guest = EmbeddedPostgres(directory / "postgres")
+        assert guest.start() == dsn
+        guest.stop()
+        assert asyncio.run(query(dsn, "SELECT 1")) == 1
+        owner.stop()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root must hand the server to another user")
+def test_as_root_the_server_runs_as_an_unprivileged_user():
+    directory = world_readable_tempdir("embedded-")
+    try:
+        cluster = EmbeddedPostgres(directory / "postgres")
+        cluster.start()
+        pid = int((cluster.cluster / "postmaster.pid").read_text().split()[0])
+        assert os.stat(f"/proc/{pid}").st_uid != 0
+        cluster.stop()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_missing_server_binaries_say_how_to_install_them():
+    with pytest.raises(EmbeddedPostgresError, match=r"apt-get install postgresql.*DATABASE_URL"):
+        find_bin_dir(path="/nonexistent", pattern="/nonexistent/*/bin/pg_ctl")
