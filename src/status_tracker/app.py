@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from status_tracker import errors, logs
 from status_tracker.database import create_pool
+from status_tracker.ingest import ReportWriter
 from status_tracker.routes import health, messages, webhooks
 from status_tracker.settings import Settings
 from status_tracker.signatures import SignatureVerifier
@@ -22,6 +23,7 @@ class State(TypedDict):
     pool: asyncpg.Pool
     verifier: SignatureVerifier
     api_keys: list[str]
+    writer: ReportWriter
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -46,9 +48,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not keys:
             log.warning("no API key configured: every /v1 request will be refused (401)")
         pool = await create_pool(settings, dsn)
+        writer = ReportWriter(
+            pool,
+            max_batch=settings.ingest_max_batch,
+            max_pending=settings.ingest_max_pending,
+            flushers=settings.ingest_flushers,
+            acquire_timeout=settings.db_timeout_seconds,
+        )
         try:
-            yield {"settings": settings, "pool": pool, "verifier": verifier, "api_keys": keys}
+            yield {
+                "settings": settings,
+                "pool": pool,
+                "verifier": verifier,
+                "api_keys": keys,
+                "writer": writer,
+            }
         finally:
+            # uvicorn has finished the requests in flight; store what they handed over.
+            await writer.close()
             await pool.close()
 
     app = FastAPI(

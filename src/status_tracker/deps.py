@@ -9,6 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from status_tracker import api_keys
 from status_tracker.errors import Unauthorized
+from status_tracker.ingest import ReportWriter
 from status_tracker.settings import Settings
 from status_tracker.signatures import SignatureVerifier
 
@@ -28,9 +29,15 @@ def _verifier(request: Request) -> SignatureVerifier:
     return verifier
 
 
+def _writer(request: Request) -> ReportWriter:
+    writer: ReportWriter = request.state.writer
+    return writer
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
 VerifierDep = Annotated[SignatureVerifier, Depends(_verifier)]
+WriterDep = Annotated[ReportWriter, Depends(_writer)]
 
 
 async def _connection(pool: PoolDep, settings: SettingsDep) -> AsyncIterator[asyncpg.Connection]:

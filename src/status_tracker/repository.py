@@ -6,7 +6,7 @@ the web layer, the CLI, the reconciliation job and the benchmarks share them.
 
 from collections.abc import Sequence
 from typing import Any, TypeAlias
-from uuid import UUID
+from uuid import UUID, uuid5
 
 import asyncpg
 
@@ -22,16 +22,23 @@ _WINS = f"""(EXCLUDED.status_rank, EXCLUDED.status COLLATE "C",
          > (m.status_rank, m.status COLLATE "C", coalesce(m.error_code, {NO_ERROR_CODE}))"""
 
 # One statement per report: the message is created or its status raised, and the report is
-# appended to the event log, in a single round trip.
+# appended to the event log, in a single round trip. The message is found by SID, else by the
+# local id the caller passes ($20): the id in our own StatusCallback URL, so a callback that
+# outruns the send's response still lands on the attempt; or, for a message we did not send, an
+# id derived from the SID, so that two first callbacks racing for one SID agree on the row.
 RECORD_REPORT = f"""
 WITH message AS (
     INSERT INTO messages AS m (
-        sid, account_sid, status, status_rank, error_code, to_number, from_number,
+        id, sid, account_sid, status, status_rank, error_code, to_number, from_number,
         messaging_service_sid, channel, created_at, updated_at,
         sent_at, delivered_at, read_at, final_at
     )
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14)
-    ON CONFLICT (sid) DO UPDATE SET
+    VALUES (
+        coalesce((SELECT id FROM messages WHERE sid = $1), $20),
+        $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14
+    )
+    ON CONFLICT (id) DO UPDATE SET
+        sid = coalesce(m.sid, EXCLUDED.sid),
         status = CASE WHEN {_WINS} THEN EXCLUDED.status ELSE m.status END,
         status_rank = CASE WHEN {_WINS} THEN EXCLUDED.status_rank ELSE m.status_rank END,
         error_code = CASE WHEN {_WINS} THEN EXCLUDED.error_code ELSE m.error_code END,
@@ -54,6 +61,9 @@ INSERT INTO message_events (
 )
 SELECT message.id, $3, $4, $5, $15, $10, $16, $17, $18, $19 FROM message
 """
+
+# Ids of messages first heard of through a callback: the same SID always gives the same id.
+_CALLBACK_MESSAGE_IDS = UUID("5a1f0c52-3c55-4c1e-9a59-6d3b1c2f7e10")
 
 
 def _record_report_args(report: StatusReport) -> tuple[Any, ...]:
@@ -78,6 +88,7 @@ def _record_report_args(report: StatusReport) -> tuple[Any, ...]:
         report.fields,
         report.query,
         report.idempotency_token,
+        report.message_id or uuid5(_CALLBACK_MESSAGE_IDS, report.sid),
     )
 
 
@@ -87,7 +98,10 @@ async def record_report(db: Executor, report: StatusReport) -> None:
 
 
 async def record_reports(connection: asyncpg.Connection, reports: Sequence[StatusReport]) -> None:
-    """Store many reports in one transaction (pipelined: about one round trip)."""
+    """Store many reports in one transaction, pipelined: about one round trip for them all.
+
+    Callers order the reports by SID, so that two batches running at once lock the messages
+    they share in the same order and cannot deadlock."""
     await connection.executemany(RECORD_REPORT, [_record_report_args(r) for r in reports])
 
 

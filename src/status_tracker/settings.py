@@ -50,6 +50,16 @@ class Settings(BaseSettings):
     db_timeout_seconds: float = Field(
         default=5.0, gt=0, validation_alias="STATUS_TRACKER_DB_TIMEOUT"
     )
+    ingest_max_batch: int = Field(
+        default=256, ge=1, validation_alias="STATUS_TRACKER_INGEST_MAX_BATCH"
+    )
+    ingest_max_pending: int = Field(
+        default=5000,
+        ge=1,
+        validation_alias="STATUS_TRACKER_INGEST_MAX_PENDING",
+        description="Callbacks waiting for the database, past which new ones get 503 at once.",
+    )
+    ingest_flushers: int = Field(default=4, ge=1, validation_alias="STATUS_TRACKER_INGEST_FLUSHERS")
     log_level: str = Field(default="INFO", validation_alias="STATUS_TRACKER_LOG_LEVEL")
 
     @field_validator("api_keys", mode="before")

@@ -6,10 +6,10 @@ from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 from twilio.request_validator import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER
 
-from status_tracker import repository
 from status_tracker.callbacks import Form, MalformedForm, StatusCallback, report_from_callback
-from status_tracker.deps import PoolDep, SettingsDep, VerifierDep
-from status_tracker.errors import BadRequest, Forbidden, PayloadTooLarge
+from status_tracker.deps import SettingsDep, VerifierDep, WriterDep
+from status_tracker.errors import BadRequest, Forbidden, PayloadTooLarge, ServiceUnavailable
+from status_tracker.ingest import Overloaded
 from status_tracker.settings import Settings
 from status_tracker.signatures import SignatureVerifier
 
@@ -75,7 +75,7 @@ async def verified_form(
         400: {"description": "No MessageSid/MessageStatus, or a malformed one (problem+json)"},
         403: {"description": "Missing or wrong X-Twilio-Signature (problem+json)"},
         413: {"description": "Body too large (problem+json)"},
-        503: {"description": "The database is unavailable: nothing stored (problem+json)"},
+        503: {"description": "Database unavailable or overloaded: not stored (problem+json)"},
     },
     openapi_extra={
         "requestBody": {
@@ -103,7 +103,7 @@ async def verified_form(
     },
 )
 async def status_callback(
-    request: Request, settings: SettingsDep, verifier: VerifierDep, pool: PoolDep
+    request: Request, settings: SettingsDep, verifier: VerifierDep, writer: WriterDep
 ) -> Response:
     """Point a message's StatusCallback here. Every callback is appended to the message's event
     log and applied by the precedence rule; the answer (204) comes only once it is committed."""
@@ -122,6 +122,8 @@ async def status_callback(
         received_at,
         request.headers.get("i-twilio-idempotency-token"),
     )
-    async with pool.acquire(timeout=settings.db_timeout_seconds) as connection:
-        await repository.record_report(connection, report)
+    try:
+        await writer.write(report)
+    except Overloaded as error:
+        raise ServiceUnavailable(f"Too many callbacks waiting to be stored: {error}.") from error
     return Response(status_code=204)
