@@ -23,7 +23,7 @@ from status_tracker.app import create_app
 from status_tracker.database import init_connection, migrate
 from status_tracker.embedded_postgres import EmbeddedPostgres
 from status_tracker.settings import Settings
-from tests.support import API_KEY, AUTH_TOKEN, PUBLIC_URL
+from tests.support import ACCOUNT_SID, API_KEY, AUTH_TOKEN, PUBLIC_URL
 
 TEMPLATE = "status_tracker_template"
 
@@ -188,6 +188,66 @@ def server(database_url: str, tmp_path: Path) -> Iterator[Server]:
     environment = {
         "DATABASE_URL": database_url,
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "STATUS_TRACKER_API_KEYS": API_KEY,
+        "STATUS_TRACKER_DATA_DIR": str(tmp_path / "data"),
+    }
+    with Server(environment, tmp_path) as running:
+        yield running
+
+
+class Simulator:
+    """`status-tracker simulator` as a real process."""
+
+    def __init__(self, cwd: Path, *options: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log_file = (cwd / f"simulator-{self.port}.log").open("wb")
+        environment = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
+        environment.update({"TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN})
+        self.process = subprocess.Popen(
+            ["status-tracker", "simulator", "--port", str(self.port), *options],
+            env=environment,
+            stderr=self._log_file,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError("the simulator did not start")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self._log_file.close()
+
+
+# Quick, reproducible and unruly: every callback path is exercised within a second or two.
+FAST_SIMULATOR = ("--seed", "7", "--delay-min", "0.01", "--delay-max", "0.1",
+                  "--create-timeout", "3")  # fmt: skip
+
+
+@pytest.fixture
+def simulator(tmp_path: Path) -> Iterator[Simulator]:
+    running = Simulator(tmp_path, *FAST_SIMULATOR)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+@pytest.fixture
+def sending_server(database_url: str, tmp_path: Path, simulator: Simulator) -> Iterator[Server]:
+    """The service on a real port, sending through the simulator on another."""
+    environment = {
+        "DATABASE_URL": database_url,
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "TWILIO_API_BASE_URL": simulator.url,
+        "TWILIO_FROM": "+15005550006",
+        "TWILIO_TIMEOUT": "1",
         "STATUS_TRACKER_API_KEYS": API_KEY,
         "STATUS_TRACKER_DATA_DIR": str(tmp_path / "data"),
     }

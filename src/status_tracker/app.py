@@ -14,6 +14,7 @@ from status_tracker.ingest import ReportWriter
 from status_tracker.routes import health, messages, webhooks
 from status_tracker.settings import Settings
 from status_tracker.signatures import SignatureVerifier
+from status_tracker.twilio_api import TwilioApi
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ class State(TypedDict):
     verifier: SignatureVerifier
     api_keys: list[str]
     writer: ReportWriter
+    twilio: TwilioApi | None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -55,6 +57,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             flushers=settings.ingest_flushers,
             acquire_timeout=settings.db_timeout_seconds,
         )
+        twilio = None
+        if settings.twilio_account_sid and settings.twilio_auth_token:
+            twilio = TwilioApi(
+                settings.twilio_account_sid,
+                settings.twilio_auth_token.get_secret_value(),
+                base_url=settings.twilio_api_base_url,
+                timeout=settings.twilio_timeout_seconds,
+            )
+        if settings.simulator:
+            log.warning(
+                "SIMULATOR MODE: no Twilio credentials; messages go to the built-in simulator",
+                extra={"simulator": settings.twilio_api_base_url},
+            )
         try:
             yield {
                 "settings": settings,
@@ -62,8 +77,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "verifier": verifier,
                 "api_keys": keys,
                 "writer": writer,
+                "twilio": twilio,
             }
         finally:
+            if twilio is not None:
+                await twilio.close()
             # uvicorn has finished the requests in flight; store what they handed over.
             await writer.close()
             await pool.close()

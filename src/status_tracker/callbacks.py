@@ -93,7 +93,7 @@ class StatusCallback(BaseModel):
 class StatusReport:
     """One report of a message's status, ready to store, whatever its source."""
 
-    sid: str
+    sid: str | None  # None for a send Twilio refused or never answered
     status: str
     error_code: int | None
     received_at: datetime
@@ -130,12 +130,12 @@ def parse_raw_dlr_done_date(raw: str | None) -> datetime | None:
         return None
 
 
-def channel_of(sid: str, *addresses: str | None) -> str:
-    """`whatsapp:+1…` and `rcs:…` name their channel; plain numbers are SMS, or MMS by SID."""
+def channel_of(addresses: tuple[str | None, ...], media: bool) -> str:
+    """`whatsapp:+1…` and `rcs:…` name their channel; plain numbers are SMS, or MMS with media."""
     for address in addresses:
         if address and ":" in address:
             return address.split(":", 1)[0].lower()
-    return "mms" if sid.startswith("MM") else "sms"
+    return "mms" if media else "sms"
 
 
 def message_id_from_query(query: dict[str, Any]) -> UUID | None:
@@ -166,7 +166,7 @@ def report_from_callback(
         to=callback.to,
         from_=callback.from_,
         messaging_service_sid=callback.messaging_service_sid,
-        channel=channel_of(callback.message_sid, callback.to, callback.from_),
+        channel=channel_of((callback.to, callback.from_), callback.message_sid.startswith("MM")),
         carrier_done_at=parse_raw_dlr_done_date(callback.raw_dlr_done_date),
         fields=fields,
         query=query,

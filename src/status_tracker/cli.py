@@ -1,10 +1,14 @@
-"""The `status-tracker` command: serve, migrate."""
+"""The `status-tracker` command: serve, migrate, simulator."""
 
 import argparse
 import logging
 import os
+import secrets
 import signal
+import socket
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,6 +18,7 @@ from status_tracker import api_keys, logs
 from status_tracker.database import migrate
 from status_tracker.embedded_postgres import EmbeddedPostgres, EmbeddedPostgresError
 from status_tracker.settings import Settings
+from status_tracker.simulator import DEFAULT_ACCOUNT_SID, SimulatorConfig, run_simulator
 
 log = logging.getLogger("status_tracker")
 
@@ -35,6 +40,67 @@ def database(settings: Settings) -> Iterator[tuple[str, bool]]:
         cluster.stop()
 
 
+# The built-in simulator's behaviour when `serve` runs it: realistic, a little unruly.
+EMBEDDED_SIMULATOR_OPTIONS = ("--delay-min", "0.3", "--delay-max", "2", "--duplicates", "0.05",
+                              "--reorder", "0.1", "--create-timeout", "15")  # fmt: skip
+SIMULATOR_FROM = "+15005550006"
+
+
+@contextmanager
+def twilio_or_simulator(settings: Settings) -> Iterator[None]:
+    """With no Twilio credentials at all, run the built-in simulator and send through it."""
+    if settings.twilio_account_sid or settings.twilio_auth_token or settings.twilio_api_base_url:
+        yield
+        return
+    port = _free_port()
+    credentials = {
+        "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": secrets.token_hex(16),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "status_tracker.cli", "simulator", "--port", str(port),
+         *EMBEDDED_SIMULATOR_OPTIONS],
+        env={**os.environ, **credentials},
+    )  # fmt: skip
+    try:
+        _wait_for_port(port, process)
+        os.environ.update(credentials)
+        os.environ["TWILIO_API_BASE_URL"] = f"http://127.0.0.1:{port}"
+        os.environ["STATUS_TRACKER_SIMULATOR"] = "true"
+        if not (settings.twilio_from or settings.twilio_messaging_service_sid):
+            os.environ["TWILIO_FROM"] = SIMULATOR_FROM
+        print(
+            "\nSIMULATOR MODE: TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are not set, so messages "
+            f"go to the built-in Twilio simulator (http://127.0.0.1:{port}), which sends real "
+            "signed status callbacks. The To number's last four digits choose the outcome "
+            "(see README). Set both to send through Twilio.\n",
+            flush=True,
+        )
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit("status-tracker: the simulator did not start")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit("status-tracker: the simulator did not start in time")
+
+
 def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
@@ -44,7 +110,11 @@ def serve(args: argparse.Namespace) -> None:
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler it
     # found installed: this one lets the embedded cluster stop before the process exits.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    with database(settings) as (dsn, embedded):
+    if "public_url" not in settings.model_fields_set:
+        # Twilio (or the simulator) must call back the port this serves on.
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        os.environ["STATUS_TRACKER_PUBLIC_URL"] = f"http://{host}:{args.port}"
+    with database(settings) as (dsn, embedded), twilio_or_simulator(settings):
         if embedded:
             migrate(dsn)
             # Workers read their settings from the environment: hand them the embedded URL.
@@ -83,6 +153,27 @@ def migrate_command(args: argparse.Namespace) -> None:
     log.info("database migrated", extra={"revision": args.revision})
 
 
+def simulator_command(args: argparse.Namespace) -> None:
+    config = SimulatorConfig(
+        account_sid=os.environ.get("TWILIO_ACCOUNT_SID") or DEFAULT_ACCOUNT_SID,
+        seed=args.seed,
+        callback_delay_min=args.delay_min,
+        callback_delay_max=args.delay_max,
+        duplicate_probability=args.duplicates,
+        reorder_probability=args.reorder,
+        loss_probability=args.loss,
+        create_timeout_seconds=args.create_timeout,
+        time_scale=args.time_scale,
+    )
+    if token := os.environ.get("TWILIO_AUTH_TOKEN"):
+        config.auth_token = token
+    log.info(
+        "simulator listening",
+        extra={"url": f"http://{args.host}:{args.port}", "account_sid": config.account_sid},
+    )
+    run_simulator(args.host, args.port, config)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="status-tracker",
@@ -101,6 +192,28 @@ def main(argv: list[str] | None = None) -> None:
     )
     migrate_parser.add_argument("revision", nargs="?", default="head")
     migrate_parser.set_defaults(handler=migrate_command)
+
+    simulator_parser = commands.add_parser(
+        "simulator",
+        help="run a simulator of Twilio's Messages API that sends signed status callbacks",
+        description="Credentials: TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, else built-in "
+        "defaults. Point the SDK at it with client.api.base_url = 'http://HOST:PORT'.",
+    )
+    simulator_parser.add_argument("--host", default="127.0.0.1")
+    simulator_parser.add_argument("--port", type=int, default=8100)
+    simulator_parser.add_argument("--seed", type=int, default=None, help="for reproducible runs")
+    simulator_parser.add_argument("--delay-min", type=float, default=0.05, help="seconds")
+    simulator_parser.add_argument("--delay-max", type=float, default=0.5, help="seconds")
+    simulator_parser.add_argument("--duplicates", type=float, default=0.0, help="probability")
+    simulator_parser.add_argument("--reorder", type=float, default=0.0, help="probability")
+    simulator_parser.add_argument("--loss", type=float, default=0.0, help="probability")
+    simulator_parser.add_argument(
+        "--create-timeout", type=float, default=30.0, help="seconds a `…0007` create hangs"
+    )
+    simulator_parser.add_argument(
+        "--time-scale", type=float, default=1.0, help="multiplies every delay"
+    )
+    simulator_parser.set_defaults(handler=simulator_command)
 
     args = parser.parse_args(argv)
     logs.configure(Settings().log_level)

@@ -8,10 +8,11 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from status_tracker import api_keys
-from status_tracker.errors import Unauthorized
+from status_tracker.errors import ServiceUnavailable, Unauthorized
 from status_tracker.ingest import ReportWriter
 from status_tracker.settings import Settings
 from status_tracker.signatures import SignatureVerifier
+from status_tracker.twilio_api import TwilioApi
 
 
 def _settings(request: Request) -> Settings:
@@ -34,10 +35,21 @@ def _writer(request: Request) -> ReportWriter:
     return writer
 
 
+def _twilio(request: Request) -> TwilioApi:
+    twilio: TwilioApi | None = request.state.twilio
+    if twilio is None:
+        raise ServiceUnavailable(
+            "Twilio is not configured: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, or run "
+            "`status-tracker serve` without them to use the built-in simulator."
+        )
+    return twilio
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
 VerifierDep = Annotated[SignatureVerifier, Depends(_verifier)]
 WriterDep = Annotated[ReportWriter, Depends(_writer)]
+TwilioDep = Annotated[TwilioApi, Depends(_twilio)]
 
 
 async def _connection(pool: PoolDep, settings: SettingsDep) -> AsyncIterator[asyncpg.Connection]:

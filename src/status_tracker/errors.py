@@ -56,6 +56,21 @@ class Conflict(Problem):
     title = "Conflict"
 
 
+class Unprocessable(Problem):
+    status = 422
+    title = "Unprocessable Content"
+
+
+class BadGateway(Problem):
+    status = 502
+    title = "Bad Gateway"
+
+
+class GatewayTimeout(Problem):
+    status = 504
+    title = "Gateway Timeout"
+
+
 class PayloadTooLarge(Problem):
     status = 413
     title = "Content Too Large"

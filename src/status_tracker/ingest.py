@@ -82,7 +82,7 @@ class ReportWriter:
                 self._in_flight -= 1
 
     async def _store(self, batch: list[_Pending]) -> None:
-        batch.sort(key=lambda pending: pending[0].sid)
+        batch.sort(key=lambda pending: pending[0].sid or "")
         try:
             async with self._pool.acquire(timeout=self._acquire_timeout) as connection:
                 await repository.record_reports(connection, [report for report, _ in batch])

@@ -48,3 +48,5 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx logs every request URL at INFO; the Twilio client logs its own, leaner line.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, Field
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from status_tracker.error_codes import describe
 from status_tracker.precedence import Report, is_known
@@ -31,6 +31,51 @@ class Event(BaseModel):
     query: dict[str, Any] = Field(description="Query parameters of the URL Twilio called")
 
 
+ADDRESS_PATTERN = r"^(whatsapp:|rcs:|messenger:)?\+[1-9][0-9]{6,14}$"
+
+
+class SendMessage(BaseModel):
+    """A message to send. Give `body` and/or `media_urls`, or `content_sid`."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [
+                {"to": "+14155550100", "body": "Your code is 123456", "reference": "order-17"}
+            ]
+        },
+    )
+
+    to: str = Field(pattern=ADDRESS_PATTERN, description="E.164, or `whatsapp:+…`")
+    body: str | None = Field(default=None, min_length=1, max_length=1600)
+    media_urls: list[AnyHttpUrl] | None = Field(default=None, min_length=1, max_length=10)
+    content_sid: str | None = Field(default=None, pattern=r"^HX[0-9a-f]{32}$")
+    content_variables: dict[str, str] | None = None
+    from_: str | None = Field(
+        default=None,
+        alias="from",
+        pattern=ADDRESS_PATTERN + "|^[A-Za-z0-9 ]{1,11}$",
+        description="Sender number (or alphanumeric ID); default TWILIO_FROM",
+    )
+    messaging_service_sid: str | None = Field(
+        default=None,
+        pattern=r"^MG[0-9a-f]{32}$",
+        description="Default TWILIO_MESSAGING_SERVICE_SID",
+    )
+    send_at: datetime | None = Field(
+        default=None, description="Schedule the message (needs a Messaging Service)"
+    )
+    validity_period: int | None = Field(default=None, ge=1, le=36000, description="Seconds")
+    reference: str | None = Field(default=None, max_length=200, description="Your own id")
+    metadata: dict[str, Any] | None = Field(default=None, description="Kept and returned as is")
+    use_service_callback: bool = Field(
+        default=False,
+        description="Leave the Messaging Service's own status callback URL in charge "
+        "instead of this service's webhook",
+    )
+
+
 class Message(BaseModel):
     id: UUID = Field(description="The service's own id")
     sid: str | None = Field(description="Twilio's Message SID")
@@ -49,6 +94,17 @@ class Message(BaseModel):
     delivered_at: datetime | None
     read_at: datetime | None
     final_at: datetime | None = Field(description="When the message first reached a final status")
+    body: str | None
+    media_urls: list[str] | None
+    content_sid: str | None
+    send_at: datetime | None
+    reference: str | None
+    metadata: dict[str, Any] | None
+    send_outcome: str | None = Field(
+        description="For messages sent through this service: pending, accepted, refused, or "
+        "unknown (Twilio unreachable or timed out; reconciliation settles it)"
+    )
+    in_reply_to: UUID | None
     events: list[Event]
 
 
@@ -98,5 +154,13 @@ def message_view(message: Mapping[str, Any], events: list[Mapping[str, Any]]) ->
         delivered_at=message["delivered_at"],
         read_at=message["read_at"],
         final_at=message["final_at"],
+        body=message["body"],
+        media_urls=message["media_urls"],
+        content_sid=message["content_sid"],
+        send_at=message["send_at"],
+        reference=message["reference"],
+        metadata=message["metadata"],
+        send_outcome=message["send_outcome"],
+        in_reply_to=message["in_reply_to"],
         events=timeline(events),
     )

@@ -12,23 +12,26 @@ computes here, so that concurrent writers agree without reading first.
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-# Lowest first. Outbound and inbound messages never mix, so one ladder serves both.
-STATUS_ORDER: tuple[str, ...] = (
-    "scheduled",
-    "accepted",
-    "queued",
-    "sending",
-    "sent",
-    "canceled",
-    "failed",
-    "undelivered",
-    "partially_delivered",
-    "delivered",
-    "read",
-    "receiving",
-    "received",
-)
-RANKS: dict[str, int] = {status: rank for rank, status in enumerate(STATUS_ORDER, start=1)}
+# Lowest first. Outbound and inbound messages never mix, so one ladder serves both. `pending` is
+# the service's own: an attempt recorded before Twilio has answered. Ranks are stored with each
+# report, so they are spaced to leave room for statuses Twilio may add between these.
+RANKS: dict[str, int] = {
+    "pending": 5,
+    "scheduled": 10,
+    "accepted": 20,
+    "queued": 30,
+    "sending": 40,
+    "sent": 50,
+    "canceled": 60,
+    "failed": 70,
+    "undelivered": 80,
+    "partially_delivered": 90,
+    "delivered": 100,
+    "read": 110,
+    "receiving": 120,
+    "received": 130,
+}
+STATUS_ORDER: tuple[str, ...] = tuple(RANKS)
 
 # A status Twilio adds tomorrow ranks below every known one: it is logged, never overrides.
 UNKNOWN_RANK = 0

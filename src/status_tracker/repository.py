@@ -5,6 +5,7 @@ the web layer, the CLI, the reconciliation job and the benchmarks share them.
 """
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, TypeAlias
 from uuid import UUID, uuid5
 
@@ -39,6 +40,10 @@ WITH message AS (
     )
     ON CONFLICT (id) DO UPDATE SET
         sid = coalesce(m.sid, EXCLUDED.sid),
+        -- A report carrying a SID proves Twilio took a send whose answer was lost or is late.
+        send_outcome = CASE WHEN m.send_outcome IN ('pending', 'unknown')
+                             AND EXCLUDED.sid IS NOT NULL
+                            THEN 'accepted' ELSE m.send_outcome END,
         status = CASE WHEN {_WINS} THEN EXCLUDED.status ELSE m.status END,
         status_rank = CASE WHEN {_WINS} THEN EXCLUDED.status_rank ELSE m.status_rank END,
         error_code = CASE WHEN {_WINS} THEN EXCLUDED.error_code ELSE m.error_code END,
@@ -66,6 +71,14 @@ SELECT message.id, $3, $4, $5, $15, $10, $16, $17, $18, $19 FROM message
 _CALLBACK_MESSAGE_IDS = UUID("5a1f0c52-3c55-4c1e-9a59-6d3b1c2f7e10")
 
 
+def _message_id(report: StatusReport) -> UUID:
+    if report.message_id is not None:
+        return report.message_id
+    if report.sid is None:
+        raise ValueError("a report needs a SID or the id of the message it is about")
+    return uuid5(_CALLBACK_MESSAGE_IDS, report.sid)
+
+
 def _record_report_args(report: StatusReport) -> tuple[Any, ...]:
     at = report.received_at
     return (
@@ -88,7 +101,7 @@ def _record_report_args(report: StatusReport) -> tuple[Any, ...]:
         report.fields,
         report.query,
         report.idempotency_token,
-        report.message_id or uuid5(_CALLBACK_MESSAGE_IDS, report.sid),
+        _message_id(report),
     )
 
 
@@ -108,7 +121,8 @@ async def record_reports(connection: asyncpg.Connection, reports: Sequence[Statu
 MESSAGE_COLUMNS = """
     id, sid, account_sid, direction, status, error_code, to_number, from_number,
     messaging_service_sid, channel, created_at, updated_at, sent_at, delivered_at, read_at,
-    final_at
+    final_at, body, media_urls, content_sid, send_at, reference, metadata, send_outcome,
+    in_reply_to
 """
 
 
@@ -121,6 +135,97 @@ async def get_message(db: Executor, id_or_sid: str) -> asyncpg.Record | None:
         column, key = "sid", id_or_sid
     record: asyncpg.Record | None = await db.fetchrow(
         f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE {column} = $1", key
+    )
+    return record
+
+
+async def record_attempt(
+    db: Executor,
+    *,
+    message_id: UUID,
+    to: str,
+    from_: str | None,
+    messaging_service_sid: str | None,
+    channel: str,
+    body: str | None,
+    media_urls: list[str] | None,
+    content_sid: str | None,
+    content_variables: dict[str, str] | None,
+    send_at: datetime | None,
+    validity_period: int | None,
+    reference: str | None,
+    metadata: dict[str, Any] | None,
+    idempotency_key: str | None,
+    request_hash: str,
+    created_at: datetime,
+    fields: dict[str, Any],
+) -> bool:
+    """Record a send attempt before Twilio is called. False: the idempotency key is taken."""
+    recorded: UUID | None = await db.fetchval(
+        """
+        WITH message AS (
+            INSERT INTO messages (
+                id, direction, status, status_rank, to_number, from_number,
+                messaging_service_sid, channel, body, media_urls, content_sid, content_variables,
+                send_at, validity_period, reference, metadata, idempotency_key, request_hash,
+                send_outcome, created_at, updated_at
+            )
+            VALUES (
+                $1, 'outbound-api', 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                $13, $14, $15, $16, 'pending', $17, $17
+            )
+            ON CONFLICT (idempotency_key) DO NOTHING
+            RETURNING id
+        )
+        INSERT INTO message_events (message_id, status, status_rank, source, received_at, fields)
+        SELECT id, 'pending', $2, 'send', $17, $18 FROM message
+        RETURNING message_id
+        """,
+        message_id,
+        rank("pending"),
+        to,
+        from_,
+        messaging_service_sid,
+        channel,
+        body,
+        media_urls,
+        content_sid,
+        content_variables,
+        send_at,
+        validity_period,
+        reference,
+        metadata,
+        idempotency_key,
+        request_hash,
+        created_at,
+        fields,
+    )
+    return recorded is not None
+
+
+async def record_send_result(
+    connection: asyncpg.Connection, report: StatusReport, outcome: str
+) -> None:
+    """Apply what Twilio answered to a send (or that it did not), in one transaction."""
+    async with connection.transaction():
+        await connection.execute(RECORD_REPORT, *_record_report_args(report))
+        # "unknown" never overrides what a callback already proved: that Twilio took it.
+        await connection.execute(
+            """
+            UPDATE messages
+            SET send_outcome = CASE WHEN $2 = 'unknown' AND sid IS NOT NULL
+                                    THEN 'accepted' ELSE $2 END
+            WHERE id = $1
+            """,
+            report.message_id,
+            outcome,
+        )
+
+
+async def get_idempotent_request(db: Executor, key: str) -> asyncpg.Record | None:
+    """The message an idempotency key made, with the hash of the request that made it."""
+    record: asyncpg.Record | None = await db.fetchrow(
+        "SELECT id, request_hash FROM messages WHERE idempotency_key = $1", key
     )
     return record
 

@@ -37,6 +37,27 @@ class Settings(BaseSettings):
     twilio_auth_token_secondary: SecretStr | None = Field(
         default=None, validation_alias="TWILIO_AUTH_TOKEN_SECONDARY"
     )
+    twilio_from: str | None = Field(
+        default=None,
+        validation_alias="TWILIO_FROM",
+        description="Default sender for POST /v1/messages.",
+    )
+    twilio_messaging_service_sid: str | None = Field(
+        default=None,
+        validation_alias="TWILIO_MESSAGING_SERVICE_SID",
+        description="Default Messaging Service for POST /v1/messages.",
+    )
+    twilio_api_base_url: str | None = Field(
+        default=None,
+        validation_alias="TWILIO_API_BASE_URL",
+        description="Where Twilio's REST API is (a simulator); unset: Twilio itself.",
+    )
+    twilio_timeout_seconds: float = Field(default=10.0, gt=0, validation_alias="TWILIO_TIMEOUT")
+    simulator: bool = Field(
+        default=False,
+        validation_alias="STATUS_TRACKER_SIMULATOR",
+        description="Set by `status-tracker serve` when it runs the built-in Twilio simulator.",
+    )
     twilio_webhook_shared_key: SecretStr | None = Field(
         default=None,
         validation_alias="TWILIO_WEBHOOK_SHARED_KEY",

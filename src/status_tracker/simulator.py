@@ -19,6 +19,7 @@ on WhatsApp, `0007` and `0008` also end with `read`:
 | `0006`            | 500, code 20500, no message                  | none                        |
 | `0007`            | 201, but only after `create_timeout_seconds` | `sent`, `delivered`         |
 | `0008`            | 429, code 20429, twice per `To`; then 201    | `sent`, `delivered`         |
+| `0009`            | 201, only once the `sent` callback is in     | `sent`, `delivered`         |
 | other `whatsapp:` | 201                                          | `sent`, `delivered`, `read` |
 | anything else     | 201                                          | `sent`, `delivered`         |
 
@@ -281,14 +282,22 @@ class Simulator:
             await self._http.aclose()
             self._http = None
 
+    async def first_callback_done(self, sid: str) -> None:
+        """Wait until a status callback for `sid` has been answered (or given up on)."""
+        deadline = asyncio.get_running_loop().time() + self.config.create_timeout_seconds
+        while not any(record.message_sid == sid for record in self.callbacks):
+            if asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(0.01)
+
     def authorized(self, account_sid: str, auth_token: str) -> bool:
         # `&`, not `and`: both comparisons always run, so timing tells nothing.
         return secrets.compare_digest(
             account_sid.encode(), self.config.account_sid.encode()
         ) & secrets.compare_digest(auth_token.encode(), self.config.auth_token.encode())
 
-    def create(self, form: Mapping[str, list[str]]) -> tuple[SimulatedMessage, bool]:
-        """Create a message from a Messages.json form; True when the answer must hang."""
+    def create(self, form: Mapping[str, list[str]]) -> tuple[SimulatedMessage, str]:
+        """Create a message from a Messages.json form; also the outcome its `To` number picks."""
         to = _field(form, "To")
         if to is None:
             raise TwilioError(400, 21604, "A 'To' phone number is required.")
@@ -348,7 +357,7 @@ class Simulator:
         self.messages[message.sid] = message
         _log.info("message created sid=%s to=%s status=%s", message.sid, _redact(to), status)
         self._spawn(self._run(message, self._plan(message)))
-        return message, outcome == "0007"
+        return message, outcome
 
     def fetch(self, sid: str) -> SimulatedMessage:
         message = self.messages.get(sid)
@@ -660,12 +669,15 @@ def create_simulator_app(
                 return _error(error)
         form = _parse_form(await request.body())
         try:
-            message, hang = simulator.create(form)
+            message, outcome = simulator.create(form)
         except TwilioError as error:
             return _error(error)
         answer = message.to_json()
-        if hang:
+        if outcome == "0007":
             await _hold(request, simulator.config.create_timeout_seconds)
+        if outcome == "0009":
+            # The race every sender meets: a callback that outruns the create's response.
+            await simulator.first_callback_done(message.sid)
         return JSONResponse(answer, status_code=201)
 
     async def message(request: Request) -> Response:

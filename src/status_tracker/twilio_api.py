@@ -1,0 +1,58 @@
+"""Twilio's Messages API through the `twilio` SDK, with the project's own HTTP client."""
+
+import asyncio
+import random
+from typing import Any
+
+from twilio.base.exceptions import TwilioRestException
+from twilio.rest import Client
+
+from status_tracker.twilio_http import HttpxTwilioClient
+
+# A 429 (code 20429) was never processed, so it is safe to retry; anything else is not.
+RATE_LIMIT_RETRIES = 3
+RATE_LIMIT_BACKOFF_SECONDS = 0.5
+
+
+class TwilioApi:
+    def __init__(
+        self,
+        account_sid: str,
+        auth_token: str,
+        *,
+        base_url: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.account_sid = account_sid
+        self._http = HttpxTwilioClient(timeout=timeout)
+        self._client = Client(account_sid, auth_token, http_client=self._http)
+        if base_url:
+            # Every /2010-04-01/... call goes there instead (the built-in simulator).
+            self._client.api.base_url = base_url.rstrip("/")
+
+    async def create_message(self, **params: Any) -> Any:
+        """`messages.create_async`, retried only on 429. Raises TwilioRestException or httpx's."""
+        return await _retry_rate_limited(lambda: self._client.messages.create_async(**params))
+
+    async def fetch_message(self, sid: str) -> Any:
+        return await _retry_rate_limited(lambda: self._client.messages(sid).fetch_async())
+
+    async def cancel_message(self, sid: str) -> Any:
+        return await _retry_rate_limited(
+            lambda: self._client.messages(sid).update_async(status="canceled")
+        )
+
+    async def close(self) -> None:
+        await self._http.close()
+
+
+async def _retry_rate_limited(call: Any) -> Any:
+    for attempt in range(RATE_LIMIT_RETRIES + 1):
+        try:
+            return await call()
+        except TwilioRestException as error:
+            if error.status != 429 or attempt == RATE_LIMIT_RETRIES:
+                raise
+        backoff = RATE_LIMIT_BACKOFF_SECONDS * 2**attempt
+        await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+    raise AssertionError("unreachable")
