@@ -92,7 +92,7 @@ class EmbeddedPostgres:
             self._initdb()
         running = self._running_port()
         if running is None:
-            options = {"port": str(_free_port()), **self.server_options}
+            options = {"port": str(self._port_to_use()), **self.server_options}
             flags = " ".join(f"-c {name}={value}" for name, value in options.items())
             self._run(
                 "pg_ctl", "-D", str(self.cluster), "-l", str(self.cluster / "server.log"),
@@ -108,6 +108,18 @@ class EmbeddedPostgres:
         asyncio.run(self._ensure_database())
         log.info("embedded postgresql ready", extra={"port": self.port, "dir": str(self.cluster)})
         return self.dsn
+
+    def _port_to_use(self) -> int:
+        """The port used last time, if it is free: clients that remember it can reconnect."""
+        remembered = self.directory / "port"
+        if remembered.exists():
+            port = int(remembered.read_text())
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) != 0:
+                    return port
+        port = _free_port()
+        remembered.write_text(str(port))
+        return port
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the cluster if this object started it; a cluster somebody else runs is left up."""
