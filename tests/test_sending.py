@@ -3,6 +3,7 @@
 import asyncio
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -261,3 +262,41 @@ async def test_burst_of_sends_ends_in_the_states_the_numbers_call_for(tmp_path, 
         assert duplicates > 0  # the simulator really did send some twice
     finally:
         unruly.close()
+
+
+async def test_service_callback_that_outruns_the_send_response_is_merged_into_the_attempt(
+    client, db
+):
+    """With a Messaging Service's own callback URL the callbacks carry no local id; one that
+    arrives before the send's response creates a record, which the response folds into the
+    attempt: one message, every event kept."""
+    from status_tracker import repository
+    from status_tracker.callbacks import StatusReport
+    from tests.support import callback_fields, new_sid, signed
+
+    attempt = uuid.uuid4()
+    now = datetime.now(UTC)
+    await repository.record_attempt(
+        db, message_id=attempt, to="+14155550100", from_=None,
+        messaging_service_sid=SERVICE_SID, channel="sms", body="hi", media_urls=None,
+        content_sid=None, content_variables=None, send_at=None, validity_period=None,
+        reference="r-1", metadata=None, idempotency_key=None, request_hash="h",
+        created_at=now, fields={},
+    )  # fmt: skip
+    sid = new_sid()
+    for status in ("queued", "delivered"):
+        target, body, headers = signed(callback_fields(sid, status))
+        assert (await client.post(target, content=body, headers=headers)).status_code == 204
+    assert await db.fetchval("SELECT count(*) FROM messages") == 2
+
+    accepted = StatusReport(sid=sid, status="accepted", error_code=None, received_at=now,
+                            source="send", message_id=attempt)  # fmt: skip
+    await repository.record_send_result(db, accepted, "accepted")
+
+    rows = await db.fetch("SELECT id, sid, status, reference, delivered_at FROM messages")
+    assert len(rows) == 1
+    assert (rows[0]["id"], rows[0]["sid"], rows[0]["status"]) == (attempt, sid, "delivered")
+    assert rows[0]["reference"] == "r-1"
+    assert rows[0]["delivered_at"] is not None
+    statuses = await db.fetch("SELECT status FROM message_events ORDER BY id")
+    assert [r["status"] for r in statuses] == ["pending", "queued", "delivered", "accepted"]

@@ -51,17 +51,26 @@ UPGRADE = (
     )
     """,
     "CREATE INDEX message_events_message_id ON message_events (message_id, id)",
-    # The event log is evidence: nobody edits or deletes it, not even by mistake.
+    # The event log is evidence: nobody edits or deletes it, not even by mistake. The one change
+    # allowed is re-linking an event to another message (when two records of one message merge).
     """
     CREATE FUNCTION message_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
+        IF TG_OP = 'UPDATE' AND to_jsonb(NEW) - 'message_id' = to_jsonb(OLD) - 'message_id' THEN
+            RETURN NEW;
+        END IF;
         RAISE EXCEPTION 'message_events is append-only';
     END
     $$
     """,
     """
     CREATE TRIGGER message_events_append_only
-        BEFORE UPDATE OR DELETE OR TRUNCATE ON message_events
+        BEFORE UPDATE OR DELETE ON message_events
+        FOR EACH ROW EXECUTE FUNCTION message_events_append_only()
+    """,
+    """
+    CREATE TRIGGER message_events_no_truncate
+        BEFORE TRUNCATE ON message_events
         FOR EACH STATEMENT EXECUTE FUNCTION message_events_append_only()
     """,
 )

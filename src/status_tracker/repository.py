@@ -208,6 +208,8 @@ async def record_send_result(
 ) -> None:
     """Apply what Twilio answered to a send (or that it did not), in one transaction."""
     async with connection.transaction():
+        if report.sid is not None:
+            await _merge_early_record(connection, report.sid, report.message_id)
         await connection.execute(RECORD_REPORT, *_record_report_args(report))
         # "unknown" never overrides what a callback already proved: that Twilio took it.
         await connection.execute(
@@ -220,6 +222,48 @@ async def record_send_result(
             report.message_id,
             outcome,
         )
+
+
+async def _merge_early_record(
+    connection: asyncpg.Connection, sid: str, attempt_id: UUID | None
+) -> None:
+    """Fold a message that callbacks created under `sid` into the send attempt `attempt_id`.
+
+    Callbacks without our local id (a Messaging Service's own callback URL) can outrun the send's
+    response and create a record of their own; the attempt is the one to keep.
+    """
+    early: UUID | None = await connection.fetchval(
+        "SELECT id FROM messages WHERE sid = $1 AND id <> $2 FOR UPDATE", sid, attempt_id
+    )
+    if early is None:
+        return
+    await connection.execute(
+        "UPDATE message_events SET message_id = $2 WHERE message_id = $1", early, attempt_id
+    )
+    await connection.execute(
+        f"""
+        UPDATE messages m SET
+            (status, status_rank, error_code) = (
+                SELECT e.status, e.status_rank, e.error_code FROM message_events e
+                WHERE e.message_id = m.id
+                ORDER BY e.status_rank DESC, e.status COLLATE "C" DESC,
+                         coalesce(e.error_code, {NO_ERROR_CODE}) DESC
+                LIMIT 1),
+            account_sid = coalesce(m.account_sid, early.account_sid),
+            from_number = coalesce(m.from_number, early.from_number),
+            channel = coalesce(m.channel, early.channel),
+            updated_at = greatest(m.updated_at, early.updated_at),
+            sent_at = least(m.sent_at, early.sent_at),
+            delivered_at = least(m.delivered_at, early.delivered_at),
+            read_at = least(m.read_at, early.read_at),
+            final_at = least(m.final_at, early.final_at)
+        FROM messages early
+        WHERE m.id = $1 AND early.id = $2
+        """,
+        attempt_id,
+        early,
+    )
+    await connection.execute("DELETE FROM messages WHERE id = $1", early)
 
 
 async def get_idempotent_request(db: Executor, key: str) -> asyncpg.Record | None:
