@@ -5,7 +5,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pydantic import SecretStr
 from status_tracker.app import create_app
 from status_tracker.database import init_connection, migrate
 from status_tracker.embedded_postgres import EmbeddedPostgres
+from status_tracker.ports import free_port, wait_for_port
 from status_tracker.settings import Settings
 from tests.support import ACCOUNT_SID, API_KEY, AUTH_TOKEN, PUBLIC_URL
 
@@ -73,14 +73,24 @@ def template_url(postgres: EmbeddedPostgres) -> str:
     return url
 
 
-@pytest.fixture
-async def database_url(postgres: EmbeddedPostgres, template_url: str) -> AsyncIterator[str]:
+async def create_database(postgres: EmbeddedPostgres) -> str:
+    """A new database, a copy of the migrated template; its URL."""
     name = f"test_{secrets.token_hex(6)}"
     admin = await asyncpg.connect(postgres.dsn)
     try:
         await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
-        yield with_database(postgres.dsn, name)
-        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+    return with_database(postgres.dsn, name)
+
+
+@pytest.fixture
+async def database_url(postgres: EmbeddedPostgres, template_url: str) -> AsyncIterator[str]:
+    url = await create_database(postgres)
+    yield url
+    admin = await asyncpg.connect(postgres.dsn)
+    try:
+        await admin.execute(f"DROP DATABASE {urlsplit(url).path[1:]} WITH (FORCE)")
     finally:
         await admin.close()
 
@@ -119,13 +129,6 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield connection
     finally:
         await connection.close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class Server:
@@ -209,14 +212,7 @@ class Simulator:
             env=environment,
             stderr=self._log_file,
         )
-        deadline = time.monotonic() + 30
-        while True:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    break
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError("the simulator did not start")
-            time.sleep(0.05)
+        wait_for_port(self.port, alive=lambda: self.process.poll() is None)
 
     def close(self) -> None:
         self.process.terminate()

@@ -5,6 +5,8 @@ from urllib.parse import urlencode
 
 from twilio.request_validator import RequestValidator
 
+from status_tracker.callbacks import Form
+
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
 SECONDARY_TOKEN = "rotated-auth-token-fedcba9876543210"
 API_KEY = "st_test_key"
@@ -43,22 +45,9 @@ def signed(
     """(path with query, body, headers) of a request as Twilio would send it to `public_url`."""
     pairs = list(fields.items()) if isinstance(fields, dict) else fields
     target = f"{path}?{query}" if query else path
-    signature = RequestValidator(token).compute_signature(public_url + target, _multi(pairs))
+    signature = RequestValidator(token).compute_signature(public_url + target, Form(pairs))
     headers = {
         "Content-Type": "application/x-www-form-urlencoded",
         "X-Twilio-Signature": signature,
     }
     return target, urlencode(pairs).encode(), headers
-
-
-class _multi:
-    """Repeated names, as the SDK's validator reads them (`getall`)."""
-
-    def __init__(self, pairs: list[tuple[str, str]]) -> None:
-        self.pairs = pairs
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return (name for name, _ in self.pairs)
-
-    def getall(self, name: str) -> list[str]:
-        return [value for key, value in self.pairs if key == name]

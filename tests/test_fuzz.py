@@ -1,12 +1,10 @@
 """Fuzzing: the API from its own OpenAPI schema, and the webhook with odd, validly signed forms."""
 
 import asyncio
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-import asyncpg
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -16,9 +14,10 @@ from schemathesis.checks import not_a_server_error
 from twilio.request_validator import RequestValidator
 
 from status_tracker.app import create_app
+from status_tracker.callbacks import Form
 from status_tracker.embedded_postgres import EmbeddedPostgres
 from status_tracker.settings import Settings
-from tests.conftest import TEMPLATE, Server, Simulator, with_database
+from tests.conftest import Server, Simulator, create_database
 from tests.support import ACCOUNT_SID, API_KEY, AUTH_TOKEN, PUBLIC_URL, STATUS_PATH, new_sid
 
 
@@ -27,22 +26,13 @@ def fuzzed_service(
     postgres: EmbeddedPostgres, template_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """One real service (and simulator) for every generated request of this module."""
-    name = f"fuzz_{secrets.token_hex(4)}"
-
-    async def create() -> None:
-        admin = await asyncpg.connect(postgres.dsn)
-        try:
-            await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
-        finally:
-            await admin.close()
-
-    asyncio.run(create())
+    database_url = asyncio.run(create_database(postgres))
     directory: Path = tmp_path_factory.mktemp("fuzz")
     simulator = Simulator(
         directory, "--delay-min", "0", "--delay-max", "0.05", "--create-timeout", "2"
     )
     environment = {
-        "DATABASE_URL": with_database(postgres.dsn, name),
+        "DATABASE_URL": database_url,
         "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "TWILIO_API_BASE_URL": simulator.url,
@@ -79,17 +69,6 @@ def test_no_generated_request_makes_the_service_fail(
     )
 
 
-class _Pairs:
-    def __init__(self, pairs: list[tuple[str, str]]) -> None:
-        self.pairs = pairs
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return (name for name, _ in self.pairs)
-
-    def getall(self, name: str) -> list[str]:
-        return [value for key, value in self.pairs if key == name]
-
-
 texts = st.text(st.characters(codec="utf-8"), max_size=40)
 names = st.sampled_from(["MessageSid", "MessageStatus", "ErrorCode", "To", "RawDlrDoneDate",
                          "EventType", "From"]) | texts  # fmt: skip
@@ -117,7 +96,7 @@ async def test_odd_signed_forms_are_refused_cleanly_or_stored(client, db, pairs,
     else:
         body = "&".join(f"{quote(k)}={quote(v)}" for k, v in pairs).encode()
         signature = RequestValidator(AUTH_TOKEN).compute_signature(
-            PUBLIC_URL + STATUS_PATH, _Pairs(pairs)
+            PUBLIC_URL + STATUS_PATH, Form(pairs)
         )
     response = await client.post(
         STATUS_PATH,

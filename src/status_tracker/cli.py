@@ -5,10 +5,8 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,6 +15,7 @@ import uvicorn
 from status_tracker import api_keys, logs
 from status_tracker.database import migrate
 from status_tracker.embedded_postgres import EmbeddedPostgres, EmbeddedPostgresError
+from status_tracker.ports import free_port, wait_for_port
 from status_tracker.settings import Settings
 from status_tracker.simulator import DEFAULT_ACCOUNT_SID, SimulatorConfig, run_simulator
 
@@ -52,7 +51,7 @@ def twilio_or_simulator(settings: Settings) -> Iterator[None]:
     if settings.twilio_account_sid or settings.twilio_auth_token or settings.twilio_api_base_url:
         yield
         return
-    port = _free_port()
+    port = free_port()
     credentials = {
         "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID,
         "TWILIO_AUTH_TOKEN": secrets.token_hex(16),
@@ -63,7 +62,10 @@ def twilio_or_simulator(settings: Settings) -> Iterator[None]:
         env={**os.environ, **credentials},
     )  # fmt: skip
     try:
-        _wait_for_port(port, process)
+        try:
+            wait_for_port(port, alive=lambda: process.poll() is None)
+        except (RuntimeError, TimeoutError) as error:
+            raise SystemExit(f"status-tracker: the simulator did not start: {error}") from error
         os.environ.update(credentials)
         os.environ["TWILIO_API_BASE_URL"] = f"http://127.0.0.1:{port}"
         os.environ["STATUS_TRACKER_SIMULATOR"] = "true"
@@ -80,25 +82,6 @@ def twilio_or_simulator(settings: Settings) -> Iterator[None]:
     finally:
         process.terminate()
         process.wait(timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit("status-tracker: the simulator did not start")
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit("status-tracker: the simulator did not start in time")
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

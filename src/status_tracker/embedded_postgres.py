@@ -12,12 +12,13 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 from urllib.parse import quote
 
 import asyncpg
+
+from status_tracker.ports import free_port, is_listening
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +60,6 @@ def _unprivileged_user() -> str | None:
             continue
         return name
     raise EmbeddedPostgresError("Running as root and no unprivileged 'postgres' user exists.")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class EmbeddedPostgres:
@@ -114,10 +108,9 @@ class EmbeddedPostgres:
         remembered = self.directory / "port"
         if remembered.exists():
             port = int(remembered.read_text())
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) != 0:
-                    return port
-        port = _free_port()
+            if not is_listening(port):
+                return port
+        port = free_port()
         remembered.write_text(str(port))
         return port
 

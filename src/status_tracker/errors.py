@@ -2,7 +2,7 @@
 
 import logging
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,12 +19,13 @@ PROBLEM_JSON = "application/problem+json"
 class Problem(Exception):
     status = 500
     title = "Internal Server Error"
+    default_headers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, detail: str | None = None, **extensions: Any) -> None:
         super().__init__(detail or self.title)
         self.detail = detail
         self.extensions = extensions
-        self.headers: dict[str, str] = {}
+        self.headers = dict(self.default_headers)
 
 
 class BadRequest(Problem):
@@ -35,10 +36,7 @@ class BadRequest(Problem):
 class Unauthorized(Problem):
     status = 401
     title = "Unauthorized"
-
-    def __init__(self, detail: str | None = None, **extensions: Any) -> None:
-        super().__init__(detail, **extensions)
-        self.headers["WWW-Authenticate"] = "Bearer"
+    default_headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": "Bearer"}
 
 
 class Forbidden(Problem):
@@ -79,10 +77,7 @@ class PayloadTooLarge(Problem):
 class ServiceUnavailable(Problem):
     status = 503
     title = "Service Unavailable"
-
-    def __init__(self, detail: str | None = None, **extensions: Any) -> None:
-        super().__init__(detail, **extensions)
-        self.headers["Retry-After"] = "1"
+    default_headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
 
 
 def problem_response(
