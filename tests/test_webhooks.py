@@ -272,3 +272,12 @@ async def test_nul_character_is_a_400(client, db):
     response = await post(client, callback_fields(new_sid(), "sent", Note="a\x00b"))
     assert response.status_code == 400
     assert await count(db) == (0, 0)
+
+
+async def test_absurd_error_code_is_kept_raw_not_refused(client, db):
+    sid = new_sid()
+    fields = callback_fields(sid, "failed", ErrorCode="99999999999999")
+    assert (await post(client, fields)).status_code == 204
+    row = await db.fetchrow("SELECT status, error_code FROM messages WHERE sid = $1", sid)
+    assert (row["status"], row["error_code"]) == ("failed", None)
+    assert (await db.fetchval("SELECT fields FROM message_events"))["ErrorCode"] == "99999999999999"

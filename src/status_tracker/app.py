@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(webhooks.StatusCallbackFastPath)
     app.include_router(health.router)
     app.include_router(webhooks.router)
     app.include_router(messages.router)

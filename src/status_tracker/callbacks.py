@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from status_tracker.precedence import normalise_status
 
 MESSAGE_SID_PATTERN = r"^(SM|MM)[0-9a-f]{32}$"
+# Error codes are stored as PostgreSQL integers; Twilio's have five digits.
+MAX_ERROR_CODE = 2**31 - 1
 # Twilio sends a few dozen fields; a form with thousands of them is not from Twilio.
 MAX_FIELDS = 1000
 
@@ -115,7 +117,8 @@ def parse_error_code(raw: str | None) -> int | None:
     # the fields and stored as no code rather than refused.
     if raw is None or not raw.strip().isdigit():
         return None
-    return int(raw)
+    code = int(raw)
+    return code if code <= MAX_ERROR_CODE else None
 
 
 def parse_raw_dlr_done_date(raw: str | None) -> datetime | None:

@@ -15,27 +15,27 @@ from status_tracker.signatures import SignatureVerifier
 from status_tracker.twilio_api import TwilioApi
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.state.settings
     return settings
 
 
-def _pool(request: Request) -> asyncpg.Pool:
+async def _pool(request: Request) -> asyncpg.Pool:
     pool: asyncpg.Pool = request.state.pool
     return pool
 
 
-def _verifier(request: Request) -> SignatureVerifier:
+async def _verifier(request: Request) -> SignatureVerifier:
     verifier: SignatureVerifier = request.state.verifier
     return verifier
 
 
-def _writer(request: Request) -> ReportWriter:
+async def _writer(request: Request) -> ReportWriter:
     writer: ReportWriter = request.state.writer
     return writer
 
 
-def _twilio(request: Request) -> TwilioApi:
+async def _twilio(request: Request) -> TwilioApi:
     twilio: TwilioApi | None = request.state.twilio
     if twilio is None:
         raise ServiceUnavailable(

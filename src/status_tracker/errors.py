@@ -132,6 +132,15 @@ def _title(status: int) -> str:
         return "Error"
 
 
+async def render(request: Request, exc: Exception) -> JSONResponse:
+    """The answer to a Problem or a database error, for code that runs outside the router."""
+    if isinstance(exc, Problem):
+        return await _problem(request, exc)
+    if isinstance(exc, DATABASE_ERRORS):
+        return await _database(request, exc)
+    raise exc
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(Problem, _problem)
     app.add_exception_handler(RequestValidationError, _validation)

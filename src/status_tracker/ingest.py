@@ -65,39 +65,60 @@ class ReportWriter:
         await asyncio.gather(*self._flushers, return_exceptions=True)
 
     async def _flush_forever(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            if not self._pending:
-                self._wakeup.clear()
-                continue
-            batch = [
-                self._pending.popleft() for _ in range(min(self._max_batch, len(self._pending)))
-            ]
-            if not self._pending:
-                self._wakeup.clear()
-            self._in_flight += 1
-            try:
-                await self._store(batch)
-            finally:
-                self._in_flight -= 1
+        # Each flusher keeps its connection: a checkout per batch would cost a reset round trip.
+        connection: asyncpg.Connection | None = None
+        try:
+            while True:
+                await self._wakeup.wait()
+                if not self._pending:
+                    self._wakeup.clear()
+                    continue
+                size = min(self._max_batch, len(self._pending))
+                batch = [self._pending.popleft() for _ in range(size)]
+                if not self._pending:
+                    self._wakeup.clear()
+                self._in_flight += 1
+                try:
+                    if connection is None:
+                        connection = await self._pool.acquire(timeout=self._acquire_timeout)
+                    await self._store(connection, batch)
+                except Exception as error:
+                    _fail(batch, error)
+                    if not is_unavailable(error):
+                        log.error("report refused by the database", exc_info=error)
+                    elif connection is not None:
+                        await self._pool.release(connection)
+                        connection = None
+                finally:
+                    self._in_flight -= 1
+        finally:
+            if connection is not None:
+                await self._pool.release(connection)
 
-    async def _store(self, batch: list[_Pending]) -> None:
+    async def _store(self, connection: asyncpg.Connection, batch: list[_Pending]) -> None:
+        """Store the batch and settle each report's future; raise if none could be stored."""
         batch.sort(key=lambda pending: pending[0].sid or "")
         try:
-            async with self._pool.acquire(timeout=self._acquire_timeout) as connection:
-                await repository.record_reports(connection, [report for report, _ in batch])
+            await repository.record_reports(connection, [report for report, _ in batch])
         except Exception as error:
-            if len(batch) > 1 and not is_unavailable(error):
-                # One report the database refuses must not fail those stored with it.
-                for pending in batch:
-                    await self._store([pending])
-                return
-            if not is_unavailable(error):
-                log.error("report refused by the database", exc_info=error)
-            for _, done in batch:
-                if not done.done():
-                    done.set_exception(error)
+            if len(batch) == 1 or is_unavailable(error):
+                raise
+            # One report the database refuses must not fail those stored with it.
+            for pending in batch:
+                try:
+                    await self._store(connection, [pending])
+                except Exception as single_error:
+                    if is_unavailable(single_error):
+                        raise
+                    log.error("report refused by the database", exc_info=single_error)
+                    _fail([pending], single_error)
             return
         for _, done in batch:
             if not done.done():
                 done.set_result(None)
+
+
+def _fail(batch: list[_Pending], error: Exception) -> None:
+    for _, done in batch:
+        if not done.done():
+            done.set_exception(error)
