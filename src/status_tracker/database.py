@@ -7,6 +7,7 @@ from pathlib import Path
 import asyncpg
 from alembic import command
 from alembic.config import Config
+from asyncpg.exceptions._base import InternalClientError
 
 from status_tracker.settings import Settings
 
@@ -60,7 +61,8 @@ _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
 
 def is_unavailable(error: BaseException) -> bool:
     """Whether `error` means the database cannot be reached now (answer 503 and retry)."""
-    if isinstance(error, OSError | TimeoutError | asyncpg.InterfaceError):
+    # InternalClientError: asyncpg's state machine broke with the connection under it.
+    if isinstance(error, OSError | TimeoutError | asyncpg.InterfaceError | InternalClientError):
         return True
     sqlstate: str = getattr(error, "sqlstate", None) or ""
     return sqlstate.startswith(_UNAVAILABLE_SQLSTATE_CLASSES) or sqlstate == "55000"
@@ -70,5 +72,6 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
+    InternalClientError,
     asyncpg.PostgresError,
 )

@@ -86,7 +86,8 @@ class ReportWriter:
                     _fail(batch, error)
                     if not is_unavailable(error):
                         log.error("report refused by the database", exc_info=error)
-                    elif connection is not None:
+                    if connection is not None:
+                        # It may be broken; the pool checks or replaces it.
                         await self._pool.release(connection)
                         connection = None
                 finally:

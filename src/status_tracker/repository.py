@@ -7,7 +7,7 @@ the web layer, the CLI, the reconciliation job and the benchmarks share them.
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
-from uuid import UUID, uuid5
+from uuid import UUID
 
 import asyncpg
 
@@ -25,8 +25,8 @@ _WINS = f"""(EXCLUDED.status_rank, EXCLUDED.status COLLATE "C",
 # One statement per report: the message is created or its status raised, and the report is
 # appended to the event log, in a single round trip. The message is found by SID, else by the
 # local id the caller passes ($20): the id in our own StatusCallback URL, so a callback that
-# outruns the send's response still lands on the attempt; or, for a message we did not send, an
-# id derived from the SID, so that two first callbacks racing for one SID agree on the row.
+# outruns the send's response still lands on the attempt. A message we did not send gets an id
+# derived from its SID (md5), so that two first callbacks racing for one SID agree on the row.
 RECORD_REPORT = f"""
 WITH message AS (
     INSERT INTO messages AS m (
@@ -35,7 +35,7 @@ WITH message AS (
         sent_at, delivered_at, read_at, final_at
     )
     VALUES (
-        coalesce((SELECT id FROM messages WHERE sid = $1), $20),
+        coalesce((SELECT id FROM messages WHERE sid = $1), $20, md5($1)::uuid),
         $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14
     )
     ON CONFLICT (id) DO UPDATE SET
@@ -67,17 +67,6 @@ INSERT INTO message_events (
 SELECT message.id, $3, $4, $5, $15, $10, $16, $17, $18, $19 FROM message
 """
 
-# Ids of messages first heard of through a callback: the same SID always gives the same id.
-_CALLBACK_MESSAGE_IDS = UUID("5a1f0c52-3c55-4c1e-9a59-6d3b1c2f7e10")
-
-
-def _message_id(report: StatusReport) -> UUID:
-    if report.message_id is not None:
-        return report.message_id
-    if report.sid is None:
-        raise ValueError("a report needs a SID or the id of the message it is about")
-    return uuid5(_CALLBACK_MESSAGE_IDS, report.sid)
-
 
 def _record_report_args(report: StatusReport) -> tuple[Any, ...]:
     at = report.received_at
@@ -101,7 +90,7 @@ def _record_report_args(report: StatusReport) -> tuple[Any, ...]:
         report.fields,
         report.query,
         report.idempotency_token,
-        _message_id(report),
+        report.message_id,
     )
 
 

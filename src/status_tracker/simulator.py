@@ -96,6 +96,8 @@ _SCHEDULE_MIN = timedelta(seconds=300)
 _SCHEDULE_MAX = timedelta(days=35)
 _ERROR_MESSAGES = {30003: "Unreachable destination handset", 30007: "Message filtered"}
 _DATE_SENT_ON = {"sent", "failed"}
+# Status callbacks in flight at once, as a sender's webhook workers would allow.
+CALLBACK_CONCURRENCY = 50
 
 
 @dataclass
@@ -260,6 +262,7 @@ class Simulator:
         self._validator = RequestValidator(config.auth_token)
         self._transport = callback_transport
         self._http: httpx.AsyncClient | None = None
+        self._posting = asyncio.Semaphore(CALLBACK_CONCURRENCY)
         self._tasks: set[asyncio.Task[None]] = set()
         self._sequence = itertools.count()
         self._throttled: Counter[str] = Counter()
@@ -602,11 +605,14 @@ class Simulator:
     ) -> str | None:
         """Post a callback once; None on success, else the kind of failure (an `rp` value)."""
         if self._http is None:
-            self._http = httpx.AsyncClient(transport=self._transport)
+            limits = httpx.Limits(max_connections=CALLBACK_CONCURRENCY)
+            self._http = httpx.AsyncClient(transport=self._transport, limits=limits)
         try:
-            response = await self._http.post(
-                url, data=params, headers=headers, timeout=overrides.timeout
-            )
+            # Waiting here, not in httpx's pool: its queue costs CPU in the square of its length.
+            async with self._posting:
+                response = await self._http.post(
+                    url, data=params, headers=headers, timeout=overrides.timeout
+                )
         except (httpx.ConnectError, httpx.ConnectTimeout):
             return "ct"
         except httpx.TransportError:
