@@ -67,3 +67,30 @@ def test_migrations_go_down_and_up_again(database_url: str):
     assert asyncio.run(tables()) == {"alembic_version"}
     migrate(database_url)
     assert {"messages", "message_events"} <= asyncio.run(tables())
+
+
+def test_several_workers_serve_and_store(database_url: str, tmp_path):
+    environment = {
+        "DATABASE_URL": database_url,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "STATUS_TRACKER_API_KEYS": "k",
+        "STATUS_TRACKER_DATA_DIR": str(tmp_path / "data"),
+    }
+    sids = [new_sid() for _ in range(40)]
+    with Server(environment, tmp_path, "--workers", "2") as server:
+        with httpx.Client(base_url=server.url) as client:
+            for sid in sids:
+                target, body, headers = signed(callback_fields(sid, "sent"), public_url=server.url)
+                assert client.post(target, content=body, headers=headers).status_code == 204
+        code, _ = server.stop()
+    assert code == 0
+    assert server.log.read_text().count("Started server process") == 2
+
+    async def stored() -> set[str]:
+        connection = await asyncpg.connect(database_url)
+        try:
+            return {row["sid"] for row in await connection.fetch("SELECT sid FROM messages")}
+        finally:
+            await connection.close()
+
+    assert asyncio.run(stored()) == set(sids)
