@@ -3,6 +3,7 @@
 import asyncio
 import re
 import shutil
+import time
 
 import asyncpg
 import httpx
@@ -94,3 +95,29 @@ def test_several_workers_serve_and_store(database_url: str, tmp_path):
             await connection.close()
 
     assert asyncio.run(stored()) == set(sids)
+
+
+def test_without_twilio_credentials_it_sends_through_the_built_in_simulator():
+    directory = world_readable_tempdir("simulator-mode-")
+    try:
+        with Server({}, directory) as server:
+            key = (directory / ".status-tracker" / "api-key").read_text().strip()
+            auth = {"Authorization": f"Bearer {key}"}
+            assert httpx.get(f"{server.url}/docs").status_code == 200
+            sent = httpx.post(
+                f"{server.url}/v1/messages", json={"to": "+14155550100", "body": "hi"}, headers=auth
+            )
+            assert sent.status_code == 201, sent.text
+            deadline = time.monotonic() + 20
+            while True:
+                message = httpx.get(f"{server.url}/v1/messages/{sent.json()['id']}", headers=auth)
+                if message.json()["status"] == "delivered" or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            code, printed = server.stop()
+        assert message.json()["status"] == "delivered"
+        assert [e["source"] for e in message.json()["events"]].count("callback") >= 2
+        assert "SIMULATOR MODE" in printed
+        assert code == 0
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
