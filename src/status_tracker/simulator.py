@@ -728,7 +728,9 @@ def create_simulator_app(
 async def serve_simulator(host: str, port: int, config: SimulatorConfig) -> None:
     app = create_simulator_app(config)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, ws="none", lifespan="on", access_log=False)
+        uvicorn.Config(
+            app, host=host, port=port, ws="none", lifespan="on", access_log=False, log_config=None
+        )
     )
     await server.serve()
 
