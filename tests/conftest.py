@@ -220,6 +220,20 @@ class Simulator:
         self._log_file.close()
 
 
+def sending_environment(database_url: str, simulator: Simulator, directory: Path) -> dict[str, str]:
+    """Settings of a service that sends through `simulator`."""
+    return {
+        "DATABASE_URL": database_url,
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "TWILIO_API_BASE_URL": simulator.url,
+        "TWILIO_FROM": "+15005550006",
+        "TWILIO_TIMEOUT": "1",
+        "STATUS_TRACKER_API_KEYS": API_KEY,
+        "STATUS_TRACKER_DATA_DIR": str(directory / "data"),
+    }
+
+
 # Quick, reproducible and unruly: every callback path is exercised within a second or two.
 FAST_SIMULATOR = ("--seed", "7", "--delay-min", "0.01", "--delay-max", "0.1",
                   "--create-timeout", "3")  # fmt: skip
@@ -237,15 +251,5 @@ def simulator(tmp_path: Path) -> Iterator[Simulator]:
 @pytest.fixture
 def sending_server(database_url: str, tmp_path: Path, simulator: Simulator) -> Iterator[Server]:
     """The service on a real port, sending through the simulator on another."""
-    environment = {
-        "DATABASE_URL": database_url,
-        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "TWILIO_API_BASE_URL": simulator.url,
-        "TWILIO_FROM": "+15005550006",
-        "TWILIO_TIMEOUT": "1",
-        "STATUS_TRACKER_API_KEYS": API_KEY,
-        "STATUS_TRACKER_DATA_DIR": str(tmp_path / "data"),
-    }
-    with Server(environment, tmp_path) as running:
+    with Server(sending_environment(database_url, simulator, tmp_path), tmp_path) as running:
         yield running

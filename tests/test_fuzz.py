@@ -17,8 +17,8 @@ from status_tracker.app import create_app
 from status_tracker.callbacks import Form
 from status_tracker.embedded_postgres import EmbeddedPostgres
 from status_tracker.settings import Settings
-from tests.conftest import Server, Simulator, create_database
-from tests.support import ACCOUNT_SID, API_KEY, AUTH_TOKEN, PUBLIC_URL, STATUS_PATH, new_sid
+from tests.conftest import Server, Simulator, create_database, sending_environment
+from tests.support import API_KEY, AUTH_TOKEN, PUBLIC_URL, STATUS_PATH, new_sid
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +31,7 @@ def fuzzed_service(
     simulator = Simulator(
         directory, "--delay-min", "0", "--delay-max", "0.05", "--create-timeout", "2"
     )
-    environment = {
-        "DATABASE_URL": database_url,
-        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "TWILIO_API_BASE_URL": simulator.url,
-        "TWILIO_FROM": "+15005550006",
-        "TWILIO_TIMEOUT": "1",
-        "STATUS_TRACKER_API_KEYS": API_KEY,
-        "STATUS_TRACKER_DATA_DIR": str(directory / "data"),
-    }
+    environment = sending_environment(database_url, simulator, directory)
     try:
         with Server(environment, directory) as server:
             yield server
