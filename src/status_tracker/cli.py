@@ -126,6 +126,7 @@ def serve(args: argparse.Namespace) -> None:
             port=args.port,
             workers=args.workers,
             log_config=None,
+            access_log=settings.access_log,
             proxy_headers=True,
         )
 

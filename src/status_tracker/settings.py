@@ -81,6 +81,11 @@ class Settings(BaseSettings):
         description="Callbacks waiting for the database, past which new ones get 503 at once.",
     )
     ingest_flushers: int = Field(default=4, ge=1, validation_alias="STATUS_TRACKER_INGEST_FLUSHERS")
+    access_log: bool = Field(
+        default=False,
+        validation_alias="STATUS_TRACKER_ACCESS_LOG",
+        description="Log every HTTP request (costs about a tenth of ingest throughput).",
+    )
     log_level: str = Field(default="INFO", validation_alias="STATUS_TRACKER_LOG_LEVEL")
 
     @field_validator("api_keys", mode="before")
