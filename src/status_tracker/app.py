@@ -1,5 +1,6 @@
 """The ASGI application: `create_app(settings)` builds it; nothing is built at import time."""
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -8,10 +9,10 @@ from typing import TypedDict
 import asyncpg
 from fastapi import FastAPI
 
-from status_tracker import errors, logs
+from status_tracker import errors, logs, reconcile
 from status_tracker.database import create_pool
 from status_tracker.ingest import ReportWriter
-from status_tracker.routes import health, messages, webhooks
+from status_tracker.routes import health, messages, reconciliations, webhooks
 from status_tracker.settings import Settings
 from status_tracker.signatures import SignatureVerifier
 from status_tracker.twilio_api import TwilioApi
@@ -70,6 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "SIMULATOR MODE: no Twilio credentials; messages go to the built-in simulator",
                 extra={"simulator": settings.twilio_api_base_url},
             )
+        schedule = None
+        if twilio is not None and settings.reconcile_interval_seconds > 0:
+            schedule = asyncio.create_task(reconcile.run_periodically(pool, twilio, settings))
         try:
             yield {
                 "settings": settings,
@@ -80,6 +84,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "twilio": twilio,
             }
         finally:
+            if schedule is not None:
+                schedule.cancel()
+                await asyncio.gather(schedule, return_exceptions=True)
             if twilio is not None:
                 await twilio.close()
             # uvicorn has finished the requests in flight; store what they handed over.
@@ -97,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(webhooks.router)
     app.include_router(messages.router)
+    app.include_router(reconciliations.router)
     return app
 
 

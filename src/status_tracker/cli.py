@@ -1,6 +1,7 @@
 """The `status-tracker` command: serve, migrate, simulator."""
 
 import argparse
+import asyncio
 import logging
 import os
 import secrets
@@ -9,15 +10,17 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 
 import uvicorn
 
-from status_tracker import api_keys, logs
-from status_tracker.database import migrate
+from status_tracker import api_keys, logs, reconcile
+from status_tracker.database import create_pool, migrate
 from status_tracker.embedded_postgres import EmbeddedPostgres, EmbeddedPostgresError
 from status_tracker.ports import free_port, wait_for_port
 from status_tracker.settings import Settings
 from status_tracker.simulator import DEFAULT_ACCOUNT_SID, SimulatorConfig, run_simulator
+from status_tracker.twilio_api import TwilioApi
 
 log = logging.getLogger("status_tracker")
 
@@ -137,6 +140,58 @@ def migrate_command(args: argparse.Namespace) -> None:
     log.info("database migrated", extra={"revision": args.revision})
 
 
+def reconcile_command(args: argparse.Namespace) -> None:
+    settings = Settings()
+    if not (settings.twilio_account_sid and settings.twilio_auth_token):
+        raise SystemExit(
+            "status-tracker: reconcile needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN "
+            "(and TWILIO_API_BASE_URL to reconcile against a simulator)."
+        )
+    until = args.until or datetime.now(UTC)
+    since = args.since or until - timedelta(days=1)
+    if since.tzinfo is None or until.tzinfo is None:
+        raise SystemExit("status-tracker: give --since and --until with a time zone (…Z).")
+    with database(settings) as (dsn, embedded):
+        if embedded:
+            migrate(dsn)
+        report = asyncio.run(_reconcile(settings, dsn, since, until, args.dry_run))
+    print(f"reconciliation {report.reconciliation_id}: {report.state} in "
+          f"{report.duration_seconds:.1f} s, window {since.isoformat()} .. {until.isoformat()}"
+          f"{' (dry run: nothing applied)' if report.dry_run else ''}")  # fmt: skip
+    for kind, count in sorted(report.counts.items()):
+        print(f"  {kind:25} {count}")
+    for discrepancy in report.unresolved:
+        print(f"  unresolved {discrepancy.kind}: message {discrepancy.message_id} "
+              f"{discrepancy.sid or ''} {discrepancy.detail.get('explanation', '')}")  # fmt: skip
+    for error in report.errors:
+        print(f"  error: {error}", file=sys.stderr)
+    if report.state != "finished":
+        raise SystemExit(1)
+
+
+async def _reconcile(
+    settings: Settings, dsn: str, since: datetime, until: datetime, dry_run: bool
+) -> reconcile.PassReport:
+    assert settings.twilio_account_sid and settings.twilio_auth_token
+    pool = await create_pool(settings, dsn)
+    twilio = TwilioApi(
+        settings.twilio_account_sid,
+        settings.twilio_auth_token.get_secret_value(),
+        base_url=settings.twilio_api_base_url,
+        timeout=settings.twilio_timeout_seconds,
+    )
+    try:
+        return await reconcile.run_pass(
+            pool, twilio, settings, since=since, until=until, dry_run=dry_run,
+            progress=lambda phase, count: print(f"  {phase}: {count}", file=sys.stderr),
+        )  # fmt: skip
+    except reconcile.PassRunning as running:
+        raise SystemExit(f"status-tracker: {running}; try again later.") from running
+    finally:
+        await twilio.close()
+        await pool.close()
+
+
 def simulator_command(args: argparse.Namespace) -> None:
     config = SimulatorConfig(
         account_sid=os.environ.get("TWILIO_ACCOUNT_SID") or DEFAULT_ACCOUNT_SID,
@@ -176,6 +231,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     migrate_parser.add_argument("revision", nargs="?", default="head")
     migrate_parser.set_defaults(handler=migrate_command)
+
+    reconcile_parser = commands.add_parser(
+        "reconcile",
+        help="compare the store with Twilio and settle what callbacks never told",
+        description="One pass: stale messages are fetched from Twilio; Twilio's messages sent "
+        "in the window (default: the last 24 h) are compared with the store.",
+    )
+    reconcile_parser.add_argument("--since", type=datetime.fromisoformat, default=None)
+    reconcile_parser.add_argument("--until", type=datetime.fromisoformat, default=None)
+    reconcile_parser.add_argument(
+        "--dry-run", action="store_true", help="report what differs, apply nothing"
+    )
+    reconcile_parser.set_defaults(handler=reconcile_command)
 
     simulator_parser = commands.add_parser(
         "simulator",

@@ -164,3 +164,33 @@ def message_view(message: Mapping[str, Any], events: list[Mapping[str, Any]]) ->
         in_reply_to=message["in_reply_to"],
         events=timeline(events),
     )
+
+
+class Discrepancy(BaseModel):
+    kind: str = Field(
+        description="not_sent, ambiguous_match or not_at_twilio (what a pass could not settle)"
+    )
+    resolved: bool
+    message_id: UUID | None
+    sid: str | None
+    detail: dict[str, Any]
+
+
+class Reconciliation(BaseModel):
+    id: int
+    started_at: datetime
+    finished_at: datetime | None
+    since: datetime
+    until: datetime
+    dry_run: bool
+    state: str = Field(description="running, finished, failed or interrupted")
+    counts: dict[str, int] = Field(
+        description="status_differs, missing_locally, unknown_attempt_matched (applied); "
+        "not_sent, ambiguous_match, not_at_twilio (unresolved)"
+    )
+    errors: list[str]
+    duration_seconds: float | None
+
+
+class ReconciliationReport(Reconciliation):
+    unresolved: list[Discrepancy]

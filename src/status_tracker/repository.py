@@ -277,3 +277,149 @@ async def list_events(db: Executor, message_id: UUID) -> list[asyncpg.Record]:
 
 async def ping(db: Executor) -> None:
     await db.fetchval("SELECT 1")
+
+
+# --- Reconciliation ----------------------------------------------------------------------------
+
+# One pass at a time across every worker and replica: a session-level advisory lock.
+RECONCILE_LOCK = 0x5354_5243
+
+
+async def try_reconcile_lock(connection: asyncpg.Connection) -> bool:
+    locked: bool = await connection.fetchval("SELECT pg_try_advisory_lock($1)", RECONCILE_LOCK)
+    return locked
+
+
+async def release_reconcile_lock(connection: asyncpg.Connection) -> None:
+    await connection.execute("SELECT pg_advisory_unlock($1)", RECONCILE_LOCK)
+
+
+async def start_reconciliation(
+    db: Executor, since: datetime, until: datetime, dry_run: bool
+) -> int:
+    """Record a new pass; a pass still 'running' (we hold the lock) was interrupted."""
+    await db.execute("UPDATE reconciliations SET state = 'interrupted' WHERE state = 'running'")
+    reconciliation_id: int = await db.fetchval(
+        "INSERT INTO reconciliations (since, until, dry_run) VALUES ($1, $2, $3) RETURNING id",
+        since,
+        until,
+        dry_run,
+    )
+    return reconciliation_id
+
+
+async def finish_reconciliation(
+    connection: asyncpg.Connection,
+    reconciliation_id: int,
+    *,
+    state: str,
+    counts: dict[str, int],
+    errors: list[str],
+    duration_seconds: float,
+    discrepancies: Sequence[tuple[str, bool, UUID | None, str | None, dict[str, Any]]],
+) -> None:
+    async with connection.transaction():
+        await connection.executemany(
+            """
+            INSERT INTO discrepancies (reconciliation_id, kind, resolved, message_id, sid, detail)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            """,
+            [(reconciliation_id, *discrepancy) for discrepancy in discrepancies],
+        )
+        await connection.execute(
+            """
+            UPDATE reconciliations
+            SET state = $2, counts = $3, errors = $4, duration_seconds = $5, finished_at = now()
+            WHERE id = $1
+            """,
+            reconciliation_id,
+            state,
+            counts,
+            errors,
+            duration_seconds,
+        )
+
+
+async def stale_messages(db: Executor, created_before: datetime) -> list[asyncpg.Record]:
+    """Outbound messages with a SID that are not final although they should be by now."""
+    records: list[asyncpg.Record] = await db.fetch(
+        """
+        SELECT id, sid, status, error_code FROM messages
+        WHERE sid IS NOT NULL AND direction <> 'inbound' AND created_at < $1
+          AND status NOT IN ('canceled', 'failed', 'undelivered', 'partially_delivered',
+                             'delivered', 'read', 'received')
+        ORDER BY created_at
+        """,
+        created_before,
+    )
+    return records
+
+
+async def messages_by_sid(db: Executor, sids: Sequence[str]) -> list[asyncpg.Record]:
+    records: list[asyncpg.Record] = await db.fetch(
+        "SELECT id, sid, status, error_code FROM messages WHERE sid = ANY($1::text[])", list(sids)
+    )
+    return records
+
+
+async def unsettled_attempts(
+    db: Executor, since: datetime, until: datetime, pending_before: datetime
+) -> list[asyncpg.Record]:
+    """Sends whose outcome is unknown (or that never got an answer, by `pending_before`)."""
+    records: list[asyncpg.Record] = await db.fetch(
+        """
+        SELECT id, to_number, from_number, messaging_service_sid, body, created_at FROM messages
+        WHERE sid IS NULL AND created_at BETWEEN $1 AND $2
+          AND (send_outcome = 'unknown' OR (send_outcome = 'pending' AND created_at < $3))
+        ORDER BY created_at
+        """,
+        since,
+        until,
+        pending_before,
+    )
+    return records
+
+
+async def sent_messages_between(
+    db: Executor, since: datetime, until: datetime
+) -> list[asyncpg.Record]:
+    """Outbound messages with a SID created in the window (to find those Twilio lacks)."""
+    records: list[asyncpg.Record] = await db.fetch(
+        """
+        SELECT id, sid, status, error_code FROM messages
+        WHERE sid IS NOT NULL AND direction <> 'inbound' AND created_at BETWEEN $1 AND $2
+        """,
+        since,
+        until,
+    )
+    return records
+
+
+RECONCILIATION_COLUMNS = """
+    id, started_at, finished_at, since, until, dry_run, state, counts, errors, duration_seconds
+"""
+
+
+async def list_reconciliations(db: Executor, limit: int) -> list[asyncpg.Record]:
+    records: list[asyncpg.Record] = await db.fetch(
+        f"SELECT {RECONCILIATION_COLUMNS} FROM reconciliations ORDER BY id DESC LIMIT $1", limit
+    )
+    return records
+
+
+async def get_reconciliation(db: Executor, reconciliation_id: int) -> asyncpg.Record | None:
+    record: asyncpg.Record | None = await db.fetchrow(
+        f"SELECT {RECONCILIATION_COLUMNS} FROM reconciliations WHERE id = $1", reconciliation_id
+    )
+    return record
+
+
+async def list_discrepancies(db: Executor, reconciliation_id: int) -> list[asyncpg.Record]:
+    records: list[asyncpg.Record] = await db.fetch(
+        """
+        SELECT kind, resolved, message_id, sid, detail FROM discrepancies
+        WHERE reconciliation_id = $1 ORDER BY resolved, id
+        """,
+        reconciliation_id,
+    )
+    return records

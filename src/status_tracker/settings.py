@@ -1,5 +1,6 @@
 """Every setting of the service, read from the environment (or a `.env` file)."""
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -81,6 +82,21 @@ class Settings(BaseSettings):
         description="Callbacks waiting for the database, past which new ones get 503 at once.",
     )
     ingest_flushers: int = Field(default=4, ge=1, validation_alias="STATUS_TRACKER_INGEST_FLUSHERS")
+    stale_after: timedelta = Field(
+        default=timedelta(hours=12),
+        validation_alias="STATUS_TRACKER_STALE_AFTER",
+        description="A message not final this long after it was sent is fetched from Twilio "
+        "(seconds, or ISO 8601 like PT12H).",
+    )
+    reconcile_interval_seconds: float = Field(
+        default=3600,
+        ge=0,
+        validation_alias="STATUS_TRACKER_RECONCILE_INTERVAL",
+        description="Seconds between the server's reconciliation passes; 0 disables them.",
+    )
+    reconcile_concurrency: int = Field(
+        default=8, ge=1, validation_alias="STATUS_TRACKER_RECONCILE_CONCURRENCY"
+    )
     access_log: bool = Field(
         default=False,
         validation_alias="STATUS_TRACKER_ACCESS_LOG",

@@ -2,6 +2,8 @@
 
 import asyncio
 import random
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 from twilio.base.exceptions import TwilioRestException
@@ -41,6 +43,20 @@ class TwilioApi:
         return await _retry_rate_limited(
             lambda: self._client.messages(sid).update_async(status="canceled")
         )
+
+    async def list_messages(
+        self, sent_after: datetime, sent_before: datetime
+    ) -> AsyncIterator[Any]:
+        """Every message sent in the window, 1000 a page (UTC; the SDK does not convert zones)."""
+        pages = await _retry_rate_limited(
+            lambda: self._client.messages.stream_async(
+                date_sent_after=sent_after.astimezone(UTC),
+                date_sent_before=sent_before.astimezone(UTC),
+                page_size=1000,
+            )
+        )
+        async for message in pages:
+            yield message
 
     async def close(self) -> None:
         await self._http.close()
