@@ -114,9 +114,8 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         started = time.perf_counter()
         sids = asyncio.run(create_at_simulator(url, args.messages))
-        print(
-            f"created {len(sids)} messages at the simulator in {time.perf_counter() - started:.1f} s"
-        )
+        elapsed = time.perf_counter() - started
+        print(f"created {len(sids)} messages at the simulator in {elapsed:.1f} s")
         asyncio.run(seed_locally(dsn, sids))
         asyncio.run(timed_passes(dsn, url))
     finally:
