@@ -112,6 +112,14 @@ class Settings(BaseSettings):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
+    @field_validator("stale_after", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> Any:
+        # The environment gives "43200"; pydantic reads only ISO 8601 durations from text.
+        if isinstance(value, str) and value.replace(".", "", 1).isdigit():
+            return float(value)
+        return value
+
     @property
     def signing_tokens(self) -> list[str]:
         """Auth tokens a legacy (HMAC-SHA1) signature may be made with, primary first."""
