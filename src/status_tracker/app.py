@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from status_tracker import errors, logs, reconcile
 from status_tracker.database import create_pool
 from status_tracker.ingest import ReportWriter
-from status_tracker.routes import health, messages, reconciliations, webhooks
+from status_tracker.routes import health, inbound, messages, query, reconciliations, webhooks
 from status_tracker.settings import Settings
 from status_tracker.signatures import SignatureVerifier
 from status_tracker.twilio_api import TwilioApi
@@ -103,6 +103,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(webhooks.StatusCallbackFastPath)
     app.include_router(health.router)
     app.include_router(webhooks.router)
+    app.include_router(inbound.router)
+    app.include_router(query.router)
     app.include_router(messages.router)
     app.include_router(reconciliations.router)
     return app

@@ -76,7 +76,7 @@ class SendMessage(BaseModel):
     )
 
 
-class Message(BaseModel):
+class MessageSummary(BaseModel):
     id: UUID = Field(description="The service's own id")
     sid: str | None = Field(description="Twilio's Message SID")
     status: str
@@ -105,7 +105,15 @@ class Message(BaseModel):
         "unknown (Twilio unreachable or timed out; reconciliation settles it)"
     )
     in_reply_to: UUID | None
-    events: list[Event]
+
+
+class Message(MessageSummary):
+    events: list[Event] = Field(description="Every report received, oldest first")
+
+
+class MessagePage(BaseModel):
+    messages: list[MessageSummary]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: last")
 
 
 def timeline(events: list[Mapping[str, Any]]) -> list[Event]:
@@ -135,35 +143,42 @@ def timeline(events: list[Mapping[str, Any]]) -> list[Event]:
     return result
 
 
+def summary_view(message: Mapping[str, Any]) -> MessageSummary:
+    return MessageSummary(**_summary_fields(message))
+
+
 def message_view(message: Mapping[str, Any], events: list[Mapping[str, Any]]) -> Message:
-    return Message(
-        id=message["id"],
-        sid=message["sid"],
-        status=message["status"],
-        error_code=message["error_code"],
-        error_description=describe(message["error_code"]),
-        direction=message["direction"],
-        to=message["to_number"],
-        from_=message["from_number"],
-        channel=message["channel"],
-        account_sid=message["account_sid"],
-        messaging_service_sid=message["messaging_service_sid"],
-        created_at=message["created_at"],
-        updated_at=message["updated_at"],
-        sent_at=message["sent_at"],
-        delivered_at=message["delivered_at"],
-        read_at=message["read_at"],
-        final_at=message["final_at"],
-        body=message["body"],
-        media_urls=message["media_urls"],
-        content_sid=message["content_sid"],
-        send_at=message["send_at"],
-        reference=message["reference"],
-        metadata=message["metadata"],
-        send_outcome=message["send_outcome"],
-        in_reply_to=message["in_reply_to"],
-        events=timeline(events),
-    )
+    return Message(**_summary_fields(message), events=timeline(events))
+
+
+def _summary_fields(message: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": message["id"],
+        "sid": message["sid"],
+        "status": message["status"],
+        "error_code": message["error_code"],
+        "error_description": describe(message["error_code"]),
+        "direction": message["direction"],
+        "to": message["to_number"],
+        "from_": message["from_number"],
+        "channel": message["channel"],
+        "account_sid": message["account_sid"],
+        "messaging_service_sid": message["messaging_service_sid"],
+        "created_at": message["created_at"],
+        "updated_at": message["updated_at"],
+        "sent_at": message["sent_at"],
+        "delivered_at": message["delivered_at"],
+        "read_at": message["read_at"],
+        "final_at": message["final_at"],
+        "body": message["body"],
+        "media_urls": message["media_urls"],
+        "content_sid": message["content_sid"],
+        "send_at": message["send_at"],
+        "reference": message["reference"],
+        "metadata": message["metadata"],
+        "send_outcome": message["send_outcome"],
+        "in_reply_to": message["in_reply_to"],
+    }
 
 
 class Discrepancy(BaseModel):

@@ -24,7 +24,7 @@ from uuid import UUID
 import asyncpg
 from twilio.base.exceptions import TwilioRestException
 
-from status_tracker import repository
+from status_tracker import privacy, repository
 from status_tracker.callbacks import StatusReport, channel_of
 from status_tracker.precedence import Report
 from status_tracker.settings import Settings
@@ -220,12 +220,15 @@ class _Pass:
         )
         by_to: dict[str, list[Any]] = defaultdict(list)
         for message in candidates:
-            by_to[message.to].append(message)
+            # Stored numbers may be redacted: compare them as stored.
+            by_to[privacy.redact_number(message.to, self.settings) or ""].append(message)
         fits: dict[UUID, frozenset[str]] = {}
         messages = {message.sid: message for message in candidates}
         for attempt in attempts:
             same_to = by_to.get(attempt["to_number"], [])
-            fits[attempt["id"]] = frozenset(m.sid for m in same_to if _fits(attempt, m))
+            fits[attempt["id"]] = frozenset(
+                m.sid for m in same_to if _fits(attempt, m, self.settings)
+            )
         # Attempts that fit the very same messages (same number, sender and body, close in
         # time) are told apart by order, when there are as many of each; otherwise not at all.
         groups: dict[frozenset[str], list[asyncpg.Record]] = defaultdict(list)
@@ -258,22 +261,21 @@ class _Pass:
         return matched
 
     def _stage(self, message: Any, source: str, message_id: UUID | None = None) -> None:
-        self.writes.append(
-            StatusReport(
-                sid=message.sid,
-                status=str(message.status),
-                error_code=message.error_code,
-                received_at=datetime.now(UTC),
-                source=source,
-                account_sid=message.account_sid,
-                to=message.to,
-                from_=message.from_,
-                messaging_service_sid=message.messaging_service_sid,
-                channel=channel_of((message.to, message.from_), message.sid.startswith("MM")),
-                fields=_fields(message),
-                message_id=message_id,
-            )
+        report = StatusReport(
+            sid=message.sid,
+            status=str(message.status),
+            error_code=message.error_code,
+            received_at=datetime.now(UTC),
+            source=source,
+            account_sid=message.account_sid,
+            to=message.to,
+            from_=message.from_,
+            messaging_service_sid=message.messaging_service_sid,
+            channel=channel_of((message.to, message.from_), message.sid.startswith("MM")),
+            fields=_fields(message),
+            message_id=message_id,
         )
+        self.writes.append(privacy.scrub_report(report, self.settings))
 
     def _count(self, kind: str) -> None:
         self.report.counts[kind] += 1
@@ -290,15 +292,14 @@ class _Pass:
             self.progress(phase, self.seen)
 
 
-def _fits(attempt: asyncpg.Record, message: Any) -> bool:
-    same_sender = (
-        attempt["from_number"] is not None and attempt["from_number"] == message.from_
-    ) or (
-        attempt["messaging_service_sid"] is not None
-        and attempt["messaging_service_sid"] == message.messaging_service_sid
+def _fits(attempt: asyncpg.Record, message: Any, settings: Settings) -> bool:
+    sender, service = attempt["from_number"], attempt["messaging_service_sid"]
+    their_sender = privacy.redact_number(message.from_, settings)
+    same_sender = (sender is not None and sender == their_sender) or (
+        service is not None and service == message.messaging_service_sid
     )
-    created = message.date_created
     same_body = attempt["body"] is None or not message.body or attempt["body"] == message.body
+    created = message.date_created
     return bool(
         same_sender
         and same_body

@@ -4,7 +4,8 @@ Functions take an asyncpg connection (or pool) and plain values, and return plai
 the web layer, the CLI, the reconciliation job and the benchmarks share them.
 """
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
 from uuid import UUID
@@ -148,8 +149,11 @@ async def record_attempt(
     request_hash: str,
     created_at: datetime,
     fields: dict[str, Any],
+    direction: str = "outbound-api",
+    in_reply_to: UUID | None = None,
 ) -> bool:
-    """Record a send attempt before Twilio is called. False: the idempotency key is taken."""
+    """Record a send attempt before Twilio is called (or a TwiML reply before it is answered).
+    False: the idempotency key is taken."""
     recorded: UUID | None = await db.fetchval(
         """
         WITH message AS (
@@ -157,11 +161,11 @@ async def record_attempt(
                 id, direction, status, status_rank, to_number, from_number,
                 messaging_service_sid, channel, body, media_urls, content_sid, content_variables,
                 send_at, validity_period, reference, metadata, idempotency_key, request_hash,
-                send_outcome, created_at, updated_at
+                send_outcome, created_at, updated_at, in_reply_to
             )
             VALUES (
-                $1, 'outbound-api', 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                $13, $14, $15, $16, 'pending', $17, $17
+                $1, $19, 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                $13, $14, $15, $16, 'pending', $17, $17, $20
             )
             ON CONFLICT (idempotency_key) DO NOTHING
             RETURNING id
@@ -188,6 +192,8 @@ async def record_attempt(
         request_hash,
         created_at,
         fields,
+        direction,
+        in_reply_to,
     )
     return recorded is not None
 
@@ -423,3 +429,222 @@ async def list_discrepancies(db: Executor, reconciliation_id: int) -> list[async
         reconciliation_id,
     )
     return records
+
+
+# --- Inbound messages and opt-outs -------------------------------------------------------------
+
+
+async def record_inbound(
+    db: Executor,
+    report: StatusReport,
+    body: str | None,
+    media_urls: list[str] | None,
+) -> tuple[UUID, bool]:
+    """Store an inbound message and its event; (its id, False if Twilio had sent it before)."""
+    record = await db.fetchrow(
+        """
+        WITH message AS (
+            INSERT INTO messages AS m (
+                id, sid, account_sid, direction, status, status_rank, to_number, from_number,
+                messaging_service_sid, channel, body, media_urls, created_at, updated_at,
+                final_at
+            )
+            VALUES (md5($1)::uuid, $1, $2, 'inbound', $3, $4, $5, $6, $7, $8, $9, $10, $11, $11,
+                    $11)
+            ON CONFLICT (id) DO UPDATE SET updated_at = greatest(m.updated_at, EXCLUDED.updated_at)
+            RETURNING m.id, (xmax = 0) AS inserted
+        ), event AS (
+            INSERT INTO message_events (message_id, status, status_rank, source, received_at,
+                                        fields, query)
+            SELECT id, $3, $4, 'inbound', $11, $12, $13 FROM message
+        )
+        SELECT id, inserted FROM message
+        """,
+        report.sid,
+        report.account_sid,
+        report.status,
+        rank(report.status),
+        report.to,
+        report.from_,
+        report.messaging_service_sid,
+        report.channel,
+        body,
+        media_urls,
+        report.received_at,
+        report.fields,
+        report.query,
+    )
+    assert record is not None
+    return record["id"], record["inserted"]
+
+
+async def get_reply(db: Executor, inbound_id: UUID) -> asyncpg.Record | None:
+    record: asyncpg.Record | None = await db.fetchrow(
+        "SELECT id, body FROM messages WHERE in_reply_to = $1 ORDER BY created_at LIMIT 1",
+        inbound_id,
+    )
+    return record
+
+
+async def record_opt_out(
+    db: Executor,
+    number_sha256: str,
+    opted_out: bool,
+    keyword: str,
+    at: datetime,
+    message_id: UUID,
+) -> None:
+    """The latest keyword a number sent wins; an older one arriving late changes nothing."""
+    await db.execute(
+        """
+        INSERT INTO opt_outs AS o (number_sha256, opted_out, keyword, changed_at, message_id)
+        VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (number_sha256) DO UPDATE
+        SET opted_out = EXCLUDED.opted_out, keyword = EXCLUDED.keyword,
+            changed_at = EXCLUDED.changed_at, message_id = EXCLUDED.message_id
+        WHERE o.changed_at <= EXCLUDED.changed_at
+        """,
+        number_sha256,
+        opted_out,
+        keyword,
+        at,
+        message_id,
+    )
+
+
+async def is_opted_out(db: Executor, number_sha256: str) -> bool:
+    opted_out: bool | None = await db.fetchval(
+        "SELECT opted_out FROM opt_outs WHERE number_sha256 = $1", number_sha256
+    )
+    return bool(opted_out)
+
+
+# --- Queries -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MessageFilter:
+    statuses: Sequence[str] = ()
+    direction: str | None = None
+    to: str | None = None
+    from_: str | None = None
+    error_code: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    reference: str | None = None
+
+    def where(self, args: list[Any]) -> str:
+        """SQL conditions for these filters, appending their values to `args`."""
+        conditions = ["TRUE"]
+
+        def condition(sql: str, value: Any) -> None:
+            args.append(value)
+            conditions.append(sql.format(f"${len(args)}"))
+
+        if self.statuses:
+            condition("status = ANY({}::text[])", list(self.statuses))
+        for sql, value in (
+            ("direction = {}", self.direction),
+            ("to_number = {}", self.to),
+            ("from_number = {}", self.from_),
+            ("error_code = {}", self.error_code),
+            ("created_at >= {}", self.since),
+            ("created_at < {}", self.until),
+            ("reference = {}", self.reference),
+        ):
+            if value is not None:
+                condition(sql, value)
+        return " AND ".join(conditions)
+
+
+async def list_messages(
+    db: Executor,
+    filters: MessageFilter,
+    limit: int,
+    after: tuple[datetime, UUID] | None = None,
+) -> list[asyncpg.Record]:
+    """Newest first; `after` is the (created_at, id) of the last row of the previous page."""
+    args: list[Any] = []
+    where = filters.where(args)
+    if after is not None:
+        args.extend(after)
+        where += f" AND (created_at, id) < (${len(args) - 1}, ${len(args)})"
+    args.append(limit)
+    records: list[asyncpg.Record] = await db.fetch(
+        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE {where} "
+        f"ORDER BY created_at DESC, id DESC LIMIT ${len(args)}",
+        *args,
+    )
+    return records
+
+
+async def message_stats(
+    db: Executor, since: datetime, until: datetime, bucket: str
+) -> dict[str, Any]:
+    """Counts by status and error code, delivery times, and a series, for messages created in
+    [since, until). `bucket` is 'hour' or 'day'."""
+    window = "created_at >= $1 AND created_at < $2"
+    by_status = await db.fetch(
+        f"SELECT status, count(*) AS count FROM messages WHERE {window} GROUP BY status "
+        "ORDER BY count DESC",
+        since,
+        until,
+    )
+    by_error = await db.fetch(
+        f"SELECT error_code, count(*) AS count FROM messages WHERE {window} "
+        "AND error_code IS NOT NULL GROUP BY error_code ORDER BY count DESC",
+        since,
+        until,
+    )
+    timing = await db.fetchrow(
+        f"""
+        SELECT
+            percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM delivered_at - sent_at))
+                AS median,
+            percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM delivered_at - sent_at))
+                AS p95
+        FROM messages
+        WHERE {window} AND delivered_at IS NOT NULL AND sent_at IS NOT NULL
+          AND delivered_at >= sent_at
+        """,
+        since,
+        until,
+    )
+    series = await db.fetch(
+        f"""
+        SELECT date_trunc($3, created_at) AS start, count(*) AS total,
+               count(*) FILTER (WHERE status IN ('delivered', 'read')) AS delivered,
+               count(*) FILTER (WHERE status IN ('failed', 'undelivered')) AS failed
+        FROM messages WHERE {window} GROUP BY 1 ORDER BY 1
+        """,
+        since,
+        until,
+        bucket,
+    )
+    return {"by_status": by_status, "by_error": by_error, "timing": timing, "series": series}
+
+
+EXPORT_QUERY = f"""
+    SELECT {MESSAGE_COLUMNS},
+           (SELECT count(*) FROM message_events e WHERE e.message_id = m.id) AS event_count
+    FROM messages m WHERE created_at >= $1 AND created_at < $2
+    ORDER BY created_at, id
+"""
+
+EXPORT_EVENTS_QUERY = """
+    SELECT m.id AS message_id, m.sid, e.id, e.status, e.error_code, e.source, e.received_at,
+           e.carrier_done_at, e.fields, e.query
+    FROM messages m JOIN message_events e ON e.message_id = m.id
+    WHERE m.created_at >= $1 AND m.created_at < $2
+    ORDER BY m.created_at, m.id, e.id
+"""
+
+
+async def export_rows(
+    connection: asyncpg.Connection, since: datetime, until: datetime, events: bool
+) -> AsyncIterator[asyncpg.Record]:
+    """Every message (or event) of the window, through a server-side cursor: constant memory.
+    The caller holds `connection` in a transaction."""
+    query = EXPORT_EVENTS_QUERY if events else EXPORT_QUERY
+    async for record in connection.cursor(query, since, until, prefetch=1000):
+        yield record

@@ -18,7 +18,7 @@ import asyncpg
 import httpx
 from twilio.base.exceptions import TwilioRestException
 
-from status_tracker import repository
+from status_tracker import privacy, repository
 from status_tracker.callbacks import StatusReport, channel_of
 from status_tracker.models import SendMessage
 from status_tracker.settings import Settings
@@ -118,11 +118,11 @@ async def send(
         recorded = await repository.record_attempt(
             connection,
             message_id=message_id,
-            to=request.to,
-            from_=params.get("from_"),
+            to=privacy.redact_number(request.to, settings) or request.to,
+            from_=privacy.redact_number(params.get("from_"), settings),
             messaging_service_sid=params.get("messaging_service_sid"),
             channel=channel_of((request.to, params.get("from_")), bool(request.media_urls)),
-            body=request.body,
+            body=privacy.body(request.body, settings),
             media_urls=params.get("media_url"),
             content_sid=request.content_sid,
             content_variables=request.content_variables,
@@ -133,7 +133,9 @@ async def send(
             idempotency_key=idempotency_key,
             request_hash=fingerprint,
             created_at=now,
-            fields={"request": {k: _jsonable(v) for k, v in params.items()}},
+            fields=privacy.scrub_fields(
+                {"request": {k: _jsonable(v) for k, v in params.items()}}, settings
+            ),
         )
         if not recorded:
             assert idempotency_key is not None
@@ -143,6 +145,15 @@ async def send(
             if earlier["request_hash"] != fingerprint:
                 raise IdempotencyConflict("This Idempotency-Key was used with a different request.")
             return SendResult(earlier["id"], "replayed")
+        if await repository.is_opted_out(connection, privacy.number_sha256(request.to)):
+            # Twilio would refuse it (21610); refusing here keeps the attempt on record anyway.
+            refusal = TwilioRestException(
+                400, "", "The recipient replied STOP to this service: not sent.", code=21610
+            )
+            report = _report(message_id, status="failed", error_code=21610,
+                             fields={"refused_locally": True, "code": 21610})  # fmt: skip
+            await repository.record_send_result(connection, report, "refused")
+            return SendResult(message_id, "refused", refusal)
 
     outcome: Literal["accepted", "refused", "unknown"]
     error: Exception | None = None

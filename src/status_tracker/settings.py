@@ -2,7 +2,7 @@
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -96,6 +96,21 @@ class Settings(BaseSettings):
     )
     reconcile_concurrency: int = Field(
         default=8, ge=1, validation_alias="STATUS_TRACKER_RECONCILE_CONCURRENCY"
+    )
+    redact_numbers: Literal["none", "last4"] = Field(
+        default="none",
+        validation_alias="STATUS_TRACKER_REDACT_NUMBERS",
+        description="last4: phone numbers are stored without their last four digits.",
+    )
+    store_bodies: bool = Field(
+        default=True,
+        validation_alias="STATUS_TRACKER_STORE_BODIES",
+        description="false: message bodies are never stored.",
+    )
+    auto_reply: str | None = Field(
+        default=None,
+        validation_alias="STATUS_TRACKER_AUTO_REPLY",
+        description="Reply to inbound messages with this text; $from and $body are replaced.",
     )
     access_log: bool = Field(
         default=False,

@@ -7,6 +7,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 from twilio.request_validator import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER
 
+from status_tracker import privacy
 from status_tracker.callbacks import Form, MalformedForm, StatusCallback, report_from_callback
 from status_tracker.database import DATABASE_ERRORS
 from status_tracker.errors import (
@@ -134,6 +135,7 @@ async def status_callback(request: Request) -> Response:
         received_at,
         request.headers.get("i-twilio-idempotency-token"),
     )
+    report = privacy.scrub_report(report, settings)
     try:
         await writer.write(report)
     except Overloaded as error:

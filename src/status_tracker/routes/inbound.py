@@ -1,0 +1,191 @@
+"""Inbound messages, answered with TwiML so that replies are tracked too (TWILIO.md §2, §6)."""
+
+from datetime import UTC, datetime
+from string import Template
+from uuid import UUID, uuid4
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from twilio.twiml.messaging_response import MessagingResponse
+
+from status_tracker import privacy, repository
+from status_tracker.callbacks import MESSAGE_SID_PATTERN, StatusReport, channel_of
+from status_tracker.deps import PoolDep, SettingsDep, VerifierDep
+from status_tracker.errors import BadRequest
+from status_tracker.routes.webhooks import verified_form
+from status_tracker.sending import status_callback_url
+from status_tracker.settings import Settings
+
+router = APIRouter(prefix="/webhooks/twilio", tags=["webhooks"])
+
+# Twilio's default opt-out and opt-in keywords: the whole body, any case.
+OPT_OUT_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT",
+                              "REVOKE"})  # fmt: skip
+OPT_IN_KEYWORDS = frozenset({"START", "YES", "UNSTOP", "OPTIN"})
+MAX_MEDIA = 10
+
+
+class InboundMessage(BaseModel):
+    """An incoming message as Twilio posts it; every other field is kept too."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    message_sid: str = Field(alias="MessageSid", pattern=MESSAGE_SID_PATTERN)
+    from_: str = Field(alias="From", min_length=1)
+    to: str = Field(alias="To", min_length=1)
+    body: str = Field(default="", alias="Body")
+    num_media: int = Field(default=0, alias="NumMedia", ge=0, le=MAX_MEDIA)
+    account_sid: str | None = Field(default=None, alias="AccountSid")
+    messaging_service_sid: str | None = Field(default=None, alias="MessagingServiceSid")
+
+
+EMPTY_TWIML = str(MessagingResponse())
+TWIML_EXAMPLE = (
+    '<?xml version="1.0" encoding="UTF-8"?><Response><Message action="https://your.host/webhooks'
+    '/twilio/status?mid=…" method="POST">Thanks, we got it.</Message></Response>'
+)
+
+
+@router.post(
+    "/inbound",
+    summary="Twilio incoming-message webhook, answered with TwiML",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "TwiML: `<Response/>`, or the configured reply",
+            "content": {
+                "application/xml": {
+                    "example": '<?xml version="1.0" encoding="UTF-8"?>'
+                    '<Response><Message action="https://your.host/webhooks/twilio/status?mid=…" '
+                    'method="POST">Thanks, we got it.</Message></Response>'
+                }
+            },
+        },
+        400: {"description": "No MessageSid, From or To (problem+json)"},
+        403: {"description": "Missing or wrong X-Twilio-Signature (problem+json)"},
+        413: {"description": "Body too large (problem+json)"},
+        503: {"description": "Database unavailable: not stored (problem+json)"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["MessageSid", "From", "To"],
+                        "properties": {
+                            "MessageSid": {"type": "string"},
+                            "From": {"type": "string"},
+                            "To": {"type": "string"},
+                            "Body": {"type": "string"},
+                            "NumMedia": {"type": "string"},
+                        },
+                        "additionalProperties": {"type": "string"},
+                    }
+                }
+            },
+        }
+    },
+)
+async def inbound_message(
+    request: Request, settings: SettingsDep, verifier: VerifierDep, pool: PoolDep
+) -> Response:
+    """Point a number's (or Messaging Service's) "A message comes in" webhook here. The message
+    is stored (direction `inbound`, status `received`); STOP/START keywords are recorded; with
+    `STATUS_TRACKER_AUTO_REPLY` set, the reply is recorded first and its status tracked."""
+    received_at = datetime.now(UTC)
+    form, query = await verified_form(request, settings, verifier)
+    fields = form.as_fields()
+    try:
+        inbound = InboundMessage.model_validate(fields)
+    except ValidationError as error:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise BadRequest(detail) from error
+    media = [
+        str(fields[f"MediaUrl{i}"]) for i in range(inbound.num_media) if f"MediaUrl{i}" in fields
+    ]
+    channel = channel_of((inbound.to, inbound.from_), bool(media))
+    report = StatusReport(
+        sid=inbound.message_sid,
+        status="received",
+        error_code=None,
+        received_at=received_at,
+        source="inbound",
+        account_sid=inbound.account_sid,
+        to=inbound.to,
+        from_=inbound.from_,
+        messaging_service_sid=inbound.messaging_service_sid,
+        channel=channel,
+        fields=fields,
+        query=query.as_fields(),
+    )
+    keyword = inbound.body.strip().upper()
+    reply_text = _reply_text(settings, inbound, keyword)
+    async with pool.acquire(timeout=settings.db_timeout_seconds) as connection:
+        async with connection.transaction():
+            message_id, first_time = await repository.record_inbound(
+                connection,
+                privacy.scrub_report(report, settings),
+                privacy.body(inbound.body, settings),
+                media or None,
+            )
+            if keyword in OPT_OUT_KEYWORDS | OPT_IN_KEYWORDS:
+                await repository.record_opt_out(
+                    connection, privacy.number_sha256(inbound.from_),
+                    keyword in OPT_OUT_KEYWORDS, keyword, received_at, message_id,
+                )  # fmt: skip
+            if reply_text is None:
+                return Response(EMPTY_TWIML, media_type="application/xml")
+            # Twilio retries an inbound whose answer it never got: answer with the same reply.
+            earlier = None if first_time else await repository.get_reply(connection, message_id)
+            reply_id = earlier["id"] if earlier else await _record_reply(
+                connection, settings, inbound, message_id, reply_text, channel, received_at
+            )  # fmt: skip
+    twiml = MessagingResponse()
+    twiml.message(reply_text, action=status_callback_url(settings, reply_id), method="POST")
+    return Response(str(twiml), media_type="application/xml")
+
+
+def _reply_text(settings: Settings, inbound: InboundMessage, keyword: str) -> str | None:
+    # Twilio answers opt-out and opt-in keywords itself.
+    if not settings.auto_reply or keyword in OPT_OUT_KEYWORDS | OPT_IN_KEYWORDS:
+        return None
+    return Template(settings.auto_reply).safe_substitute(
+        {"from": inbound.from_, "body": inbound.body}
+    )
+
+
+async def _record_reply(
+    connection: object,
+    settings: Settings,
+    inbound: InboundMessage,
+    inbound_id: UUID,
+    text: str,
+    channel: str,
+    at: datetime,
+) -> UUID:
+    reply_id = uuid4()
+    await repository.record_attempt(
+        connection,
+        message_id=reply_id,
+        to=privacy.redact_number(inbound.from_, settings) or inbound.from_,
+        from_=privacy.redact_number(inbound.to, settings),
+        messaging_service_sid=inbound.messaging_service_sid,
+        channel=channel,
+        body=privacy.body(text, settings),
+        media_urls=None,
+        content_sid=None,
+        content_variables=None,
+        send_at=None,
+        validity_period=None,
+        reference=None,
+        metadata=None,
+        idempotency_key=None,
+        request_hash="",
+        created_at=at,
+        fields=privacy.scrub_fields({"twiml": {"to": inbound.from_, "body": text}}, settings),
+        direction="outbound-reply",
+        in_reply_to=inbound_id,
+    )
+    return reply_id
