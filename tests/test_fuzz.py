@@ -48,7 +48,7 @@ schema = schemathesis.openapi.from_dict(
 
 
 @schema.parametrize()
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_no_generated_request_makes_the_service_fail(
     case: schemathesis.Case, fuzzed_service: Server
 ) -> None:
@@ -74,7 +74,10 @@ raw_bodies = st.binary(max_size=300)
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(pairs=forms, raw=raw_bodies, use_raw=st.booleans())
 async def test_odd_signed_forms_are_refused_cleanly_or_stored(client, db, pairs, raw, use_raw):

@@ -3,15 +3,12 @@
 import xml.etree.ElementTree as ElementTree
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from pydantic import SecretStr
 from twilio.twiml.messaging_response import MessagingResponse
 
-from status_tracker.app import create_app
-from tests.conftest import Simulator
-from tests.support import ACCOUNT_SID, API_KEY, AUTH_TOKEN, callback_fields, new_sid, signed
+from tests.conftest import Simulator, app_client
+from tests.support import ACCOUNT_SID, AUTH_TOKEN, callback_fields, new_sid, signed
 
 INBOUND = "/webhooks/twilio/inbound"
 
@@ -39,13 +36,8 @@ async def replying(settings, tmp_path):
         "twilio_from": "+15005550006",
     })  # fmt: skip
     try:
-        async with LifespanManager(create_app(configured)) as manager:
-            transport = httpx.ASGITransport(app=manager.app)
-            async with httpx.AsyncClient(
-                transport=transport, base_url="http://internal",
-                headers={"Authorization": f"Bearer {API_KEY}"},
-            ) as client:  # fmt: skip
-                yield client
+        async with app_client(configured) as client:
+            yield client
     finally:
         simulator.close()
 

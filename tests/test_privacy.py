@@ -2,13 +2,10 @@
 
 import json
 
-import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
-from status_tracker.app import create_app
-from tests.conftest import Simulator
-from tests.support import ACCOUNT_SID, API_KEY, callback_fields, new_sid, signed
+from tests.conftest import Simulator, app_client
+from tests.support import ACCOUNT_SID, callback_fields, new_sid, signed
 
 NUMBER = "+14155550100"
 
@@ -22,13 +19,8 @@ async def private(settings, tmp_path):
         "twilio_from": "+15005550006",
     })  # fmt: skip
     try:
-        async with LifespanManager(create_app(strict)) as manager:
-            transport = httpx.ASGITransport(app=manager.app)
-            async with httpx.AsyncClient(
-                transport=transport, base_url="http://internal",
-                headers={"Authorization": f"Bearer {API_KEY}"},
-            ) as client:  # fmt: skip
-                yield client
+        async with app_client(strict) as client:
+            yield client
     finally:
         simulator.close()
 

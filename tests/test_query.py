@@ -89,6 +89,9 @@ async def test_pages_neither_skip_nor_repeat_while_messages_arrive(client, db):
 
 
 async def test_bad_cursor_and_limits_are_problems(client):
+    nul = await client.get("/v1/messages", params={"reference": "a\x00b"})
+    assert nul.status_code == 400
+    assert (await client.get("/v1/messages/SM%00x")).status_code in (400, 404)
     assert (await client.get("/v1/messages", params={"cursor": "nonsense"})).status_code == 400
     assert (await client.get("/v1/messages", params={"limit": 1001})).status_code == 422
     response = await client.get("/v1/messages", params={"error_code": "x"})

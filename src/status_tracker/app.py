@@ -58,14 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             flushers=settings.ingest_flushers,
             acquire_timeout=settings.db_timeout_seconds,
         )
-        twilio = None
-        if settings.twilio_account_sid and settings.twilio_auth_token:
-            twilio = TwilioApi(
-                settings.twilio_account_sid,
-                settings.twilio_auth_token.get_secret_value(),
-                base_url=settings.twilio_api_base_url,
-                timeout=settings.twilio_timeout_seconds,
-            )
+        twilio = TwilioApi.from_settings(settings)
         if settings.simulator:
             log.warning(
                 "SIMULATOR MODE: no Twilio credentials; messages go to the built-in simulator",

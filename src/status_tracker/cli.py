@@ -172,14 +172,9 @@ def reconcile_command(args: argparse.Namespace) -> None:
 async def _reconcile(
     settings: Settings, dsn: str, since: datetime, until: datetime, dry_run: bool
 ) -> reconcile.PassReport:
-    assert settings.twilio_account_sid and settings.twilio_auth_token
+    twilio = TwilioApi.from_settings(settings)
+    assert twilio is not None, "checked by the caller"
     pool = await create_pool(settings, dsn)
-    twilio = TwilioApi(
-        settings.twilio_account_sid,
-        settings.twilio_auth_token.get_secret_value(),
-        base_url=settings.twilio_api_base_url,
-        timeout=settings.twilio_timeout_seconds,
-    )
     try:
         return await reconcile.run_pass(
             pool, twilio, settings, since=since, until=until, dry_run=dry_run,

@@ -117,6 +117,10 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database(request: Request, exc: Exception) -> JSONResponse:
+    # SQLSTATE class 22, data exception: a value from the request PostgreSQL cannot hold (a NUL
+    # character, say). The request is at fault, not the service.
+    if str(getattr(exc, "sqlstate", "")).startswith("22"):
+        return problem_response(400, "Bad Request", "A value in the request cannot be stored.")
     if not is_unavailable(exc):
         log.error("database error", exc_info=exc)
         return problem_response(500, "Internal Server Error")

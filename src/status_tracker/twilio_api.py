@@ -9,6 +9,7 @@ from typing import Any
 from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 
+from status_tracker.settings import Settings
 from status_tracker.twilio_http import HttpxTwilioClient
 
 # A 429 (code 20429) was never processed, so it is safe to retry; anything else is not.
@@ -31,6 +32,18 @@ class TwilioApi:
         if base_url:
             # Every /2010-04-01/... call goes there instead (the built-in simulator).
             self._client.api.base_url = base_url.rstrip("/")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "TwilioApi | None":
+        """The API the settings name, or None when Twilio is not configured."""
+        if not (settings.twilio_account_sid and settings.twilio_auth_token):
+            return None
+        return cls(
+            settings.twilio_account_sid,
+            settings.twilio_auth_token.get_secret_value(),
+            base_url=settings.twilio_api_base_url,
+            timeout=settings.twilio_timeout_seconds,
+        )
 
     async def create_message(self, **params: Any) -> Any:
         """`messages.create_async`, retried only on 429. Raises TwilioRestException or httpx's."""

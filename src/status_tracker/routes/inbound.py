@@ -5,14 +5,13 @@ from string import Template
 from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from twilio.twiml.messaging_response import MessagingResponse
 
 from status_tracker import privacy, repository
 from status_tracker.callbacks import MESSAGE_SID_PATTERN, StatusReport, channel_of
 from status_tracker.deps import PoolDep, SettingsDep, VerifierDep
-from status_tracker.errors import BadRequest
-from status_tracker.routes.webhooks import verified_form
+from status_tracker.routes.webhooks import form_request_body, parse_form_model, verified_form
 from status_tracker.sending import status_callback_url
 from status_tracker.settings import Settings
 
@@ -53,40 +52,16 @@ TWIML_EXAMPLE = (
     responses={
         200: {
             "description": "TwiML: `<Response/>`, or the configured reply",
-            "content": {
-                "application/xml": {
-                    "example": '<?xml version="1.0" encoding="UTF-8"?>'
-                    '<Response><Message action="https://your.host/webhooks/twilio/status?mid=…" '
-                    'method="POST">Thanks, we got it.</Message></Response>'
-                }
-            },
+            "content": {"application/xml": {"example": TWIML_EXAMPLE}},
         },
         400: {"description": "No MessageSid, From or To (problem+json)"},
         403: {"description": "Missing or wrong X-Twilio-Signature (problem+json)"},
         413: {"description": "Body too large (problem+json)"},
         503: {"description": "Database unavailable: not stored (problem+json)"},
     },
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/x-www-form-urlencoded": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["MessageSid", "From", "To"],
-                        "properties": {
-                            "MessageSid": {"type": "string"},
-                            "From": {"type": "string"},
-                            "To": {"type": "string"},
-                            "Body": {"type": "string"},
-                            "NumMedia": {"type": "string"},
-                        },
-                        "additionalProperties": {"type": "string"},
-                    }
-                }
-            },
-        }
-    },
+    openapi_extra=form_request_body(
+        required=["MessageSid", "From", "To"], properties=["Body", "NumMedia", "MediaUrl0"]
+    ),
 )
 async def inbound_message(
     request: Request, settings: SettingsDep, verifier: VerifierDep, pool: PoolDep
@@ -97,11 +72,7 @@ async def inbound_message(
     received_at = datetime.now(UTC)
     form, query = await verified_form(request, settings, verifier)
     fields = form.as_fields()
-    try:
-        inbound = InboundMessage.model_validate(fields)
-    except ValidationError as error:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise BadRequest(detail) from error
+    inbound = parse_form_model(InboundMessage, fields)
     media = [
         str(fields[f"MediaUrl{i}"]) for i in range(inbound.num_media) if f"MediaUrl{i}" in fields
     ]

@@ -1,9 +1,10 @@
 """Webhooks Twilio calls. They are authenticated by signature, not by API key."""
 
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 from twilio.request_validator import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER
 
@@ -23,6 +24,7 @@ from status_tracker.settings import Settings
 from status_tracker.signatures import SignatureVerifier
 
 router = APIRouter(prefix="/webhooks/twilio", tags=["webhooks"])
+ModelT = TypeVar("ModelT", bound=BaseModel)
 STATUS_PATH = "/webhooks/twilio/status"
 
 STATUS_CALLBACK_EXAMPLE = (
@@ -30,6 +32,37 @@ STATUS_CALLBACK_EXAMPLE = (
     "&MessageStatus=delivered&SmsStatus=delivered&AccountSid=AC0123456789abcdef0123456789abcdef"
     "&From=%2B15005550006&To=%2B14155550100&ApiVersion=2010-04-01&RawDlrDoneDate=2611241130"
 )
+
+
+def form_request_body(
+    required: list[str], properties: list[str], example: str | None = None
+) -> dict[str, Any]:
+    """OpenAPI for a form Twilio posts: the fields named, and any other (they are kept)."""
+    media: dict[str, Any] = {
+        "schema": {
+            "type": "object",
+            "required": required,
+            "properties": {name: {"type": "string"} for name in [*required, *properties]},
+            "additionalProperties": {"type": "string"},
+        }
+    }
+    if example is not None:
+        media["example"] = example
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/x-www-form-urlencoded": media},
+        }
+    }
+
+
+def parse_form_model(model: type[ModelT], fields: dict[str, Any]) -> ModelT:
+    """The form as `model`, or 400 naming what is missing or malformed."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as error:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise BadRequest(detail) from error
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -87,30 +120,11 @@ async def verified_form(
         413: {"description": "Body too large (problem+json)"},
         503: {"description": "Database unavailable or overloaded: not stored (problem+json)"},
     },
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/x-www-form-urlencoded": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["MessageSid", "MessageStatus"],
-                        "properties": {
-                            "MessageSid": {"type": "string", "pattern": "^(SM|MM)[0-9a-f]{32}$"},
-                            "MessageStatus": {"type": "string"},
-                            "ErrorCode": {"type": "string"},
-                            "To": {"type": "string"},
-                            "From": {"type": "string"},
-                            "RawDlrDoneDate": {"type": "string"},
-                            "EventType": {"type": "string"},
-                        },
-                        "additionalProperties": {"type": "string"},
-                    },
-                    "example": STATUS_CALLBACK_EXAMPLE,
-                }
-            },
-        }
-    },
+    openapi_extra=form_request_body(
+        required=["MessageSid", "MessageStatus"],
+        properties=["ErrorCode", "To", "From", "RawDlrDoneDate", "EventType"],
+        example=STATUS_CALLBACK_EXAMPLE,
+    ),
 )
 async def status_callback(request: Request) -> Response:
     """Point a message's StatusCallback here. Every callback is appended to the message's event
@@ -123,11 +137,7 @@ async def status_callback(request: Request) -> Response:
     writer: ReportWriter = request.state.writer
     form, query = await verified_form(request, settings, verifier)
     fields = form.as_fields()
-    try:
-        callback = StatusCallback.model_validate(fields)
-    except ValidationError as error:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise BadRequest(detail) from error
+    callback = parse_form_model(StatusCallback, fields)
     report = report_from_callback(
         callback,
         fields,
