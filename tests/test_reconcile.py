@@ -12,7 +12,7 @@ import pytest
 from pydantic import SecretStr
 
 from status_tracker.database import create_pool
-from status_tracker.reconcile import PassRunning, run_pass
+from status_tracker.reconcile import PassNotDue, PassRunning, run_pass
 from status_tracker.repository import RECONCILE_LOCK
 from status_tracker.settings import Settings
 from status_tracker.twilio_api import TwilioApi
@@ -75,11 +75,9 @@ async def send_through_the_service(
     return list(sent)
 
 
-async def twilio_statuses(twilio: TwilioApi, since: datetime) -> dict[str, tuple[str, int | None]]:
-    return {
-        m.sid: (m.status, m.error_code)
-        async for m in twilio.list_messages(since, datetime.now(UTC) + timedelta(minutes=1))
-    }
+async def twilio_statuses(twilio: TwilioApi) -> dict[str, tuple[str, int | None]]:
+    """Every message the simulator has, sent or not (no date filter)."""
+    return {m.sid: (m.status, m.error_code) async for m in twilio.list_messages()}
 
 
 async def stored(db) -> dict[str, tuple[str, int | None]]:
@@ -95,7 +93,7 @@ async def test_one_pass_settles_everything_it_can_and_reports_the_rest(
     direct = await twilio.create_message(to="+14155559100", from_="+15005550006", body="elsewhere")
     await asyncio.sleep(0.5)
 
-    truth = await twilio_statuses(twilio, started)
+    truth = await twilio_statuses(twilio)
     before = await stored(db)
     assert any(before.get(sid) != status for sid, status in truth.items()), "nothing was lost"
 
@@ -188,3 +186,152 @@ def test_reconcile_command_prints_a_summary(database_url, lossy_simulator):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "finished" in done.stdout and "dry run" in done.stdout
+
+
+SERVICE = "MG" + "1" * 32
+SENDER = "+15005550006"
+
+
+async def unknown_attempt(db, to: str, *, service: str | None = None, sender: str | None = None):
+    """A send recorded locally whose answer never came (Twilio timed out or answered 5xx)."""
+    return await db.fetchval(
+        """
+        INSERT INTO messages (status, status_rank, to_number, from_number,
+                              messaging_service_sid, body, send_outcome)
+        VALUES ('pending', 5, $1, $2, $3, 'b', 'unknown') RETURNING id
+        """,
+        to,
+        sender,
+        service,
+    )
+
+
+def around_now() -> dict[str, datetime]:
+    now = datetime.now(UTC)
+    return {"since": now - timedelta(hours=1), "until": now + timedelta(minutes=1)}
+
+
+async def test_an_unknown_send_twilio_has_not_sent_yet_still_gets_its_sid(
+    twilio, pool, pass_settings, db
+):
+    # Scheduled: Twilio's list by date sent leaves it out, so only a look-up by number finds it.
+    attempt = await unknown_attempt(db, "+14155550100", service=SERVICE)
+    scheduled = await twilio.create_message(
+        to="+14155550100", messaging_service_sid=SERVICE, body="b", schedule_type="fixed",
+        send_at=datetime.now(UTC) + timedelta(hours=1),
+    )  # fmt: skip
+    report = await run_pass(pool, twilio, pass_settings, **around_now())
+    assert report.counts["unknown_attempt_matched"] == 1
+    assert report.unresolved == []
+    row = await db.fetchrow("SELECT sid, status, send_outcome FROM messages WHERE id = $1", attempt)
+    assert tuple(row) == (scheduled.sid, "scheduled", "accepted")
+
+
+async def test_two_sends_that_fit_one_twilio_message_are_reported_not_guessed(
+    twilio, pool, pass_settings, db
+):
+    first = await unknown_attempt(db, "+14155550100", sender=SENDER)
+    second = await unknown_attempt(db, "+14155550100", sender=SENDER)
+    message = await twilio.create_message(to="+14155550100", from_=SENDER, body="b")
+    await asyncio.sleep(0.5)  # sent: in the window listing
+    window = around_now()
+    reports = [await run_pass(pool, twilio, pass_settings, **window) for _ in range(2)]
+    for report in reports:
+        assert {(d.kind, d.message_id) for d in report.unresolved} == {
+            ("ambiguous_match", first),
+            ("ambiguous_match", second),
+        }
+        assert all(d.detail["candidates"] == [message.sid] for d in report.unresolved)
+        assert report.counts["missing_locally"] == 0
+    assert await db.fetchval("SELECT count(*) FROM messages WHERE sid IS NOT NULL") == 0
+
+
+async def test_a_local_message_twilio_does_not_know_is_reported(twilio, pool, pass_settings, db):
+    sid = "SM" + "0" * 32
+    await db.execute(
+        "INSERT INTO messages (sid, status, status_rank, to_number) "
+        "VALUES ($1, 'sent', 50, '+14155550100')",
+        sid,
+    )
+    report = await run_pass(pool, twilio, pass_settings, **around_now())
+    assert [(d.kind, d.sid) for d in report.unresolved] == [("not_at_twilio", sid)]
+    assert await db.fetchval("SELECT status FROM messages WHERE sid = $1", sid) == "sent"
+
+
+async def test_a_stale_message_inside_the_window_is_applied_once(
+    database_url, lossy_simulator, tmp_path, twilio, pool, pass_settings, db
+):
+    started = datetime.now(UTC) - timedelta(minutes=1)
+    await send_through_the_service(database_url, lossy_simulator, tmp_path, 60)
+    last_event = await db.fetchval("SELECT max(id) FROM message_events")
+    stale_now = pass_settings.model_copy(update={"stale_after": timedelta(0)})
+    report = await run_pass(
+        pool, twilio, stale_now, since=started, until=datetime.now(UTC) + timedelta(minutes=1)
+    )
+    added = await db.fetch(
+        "SELECT message_id, source FROM message_events WHERE id > $1", last_event
+    )
+    assert report.counts["status_differs"] > 0
+    assert len(added) == len({row["message_id"] for row in added})
+    assert len(added) == sum(report.counts[kind] for kind in
+                             ("status_differs", "unknown_attempt_matched", "missing_locally"))  # fmt: skip
+    assert "poll" in {row["source"] for row in added}
+
+
+async def test_an_interrupted_pass_is_marked_so_by_the_next(twilio, pool, pass_settings, db):
+    await db.execute(
+        "INSERT INTO reconciliations (since, until, dry_run) VALUES (now(), now(), false)"
+    )
+    report = await run_pass(pool, twilio, pass_settings, **around_now())
+    states = await db.fetch("SELECT id, state FROM reconciliations ORDER BY id")
+    assert [row["state"] for row in states] == ["interrupted", "finished"]
+    assert states[1]["id"] == report.reconciliation_id
+
+
+async def test_a_scheduled_pass_is_skipped_right_after_another_workers(twilio, pool, pass_settings):
+    window = around_now()
+    await run_pass(pool, twilio, pass_settings, **window)
+    with pytest.raises(PassNotDue):
+        await run_pass(pool, twilio, pass_settings, **window,
+                       unless_finished_after=datetime.now(UTC) - timedelta(minutes=30))  # fmt: skip
+    report = await run_pass(pool, twilio, pass_settings, **window,
+                            unless_finished_after=datetime.now(UTC))  # fmt: skip
+    assert report.state == "finished"
+
+
+def test_reconcile_command_fails_while_another_pass_runs(database_url, lossy_simulator):
+    import os
+
+    async def hold_and_run() -> subprocess.CompletedProcess[str]:
+        holder = await asyncpg.connect(database_url)
+        try:
+            await holder.execute("SELECT pg_advisory_lock($1)", RECONCILE_LOCK)
+            return await asyncio.to_thread(
+                subprocess.run, ["status-tracker", "reconcile"], env=environment,
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+        finally:
+            await holder.close()
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
+    environment.update({
+        "DATABASE_URL": database_url, "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "TWILIO_API_BASE_URL": lossy_simulator.url,
+    })  # fmt: skip
+    done = asyncio.run(hold_and_run())
+    assert done.returncode != 0
+    assert "another reconciliation pass is running" in done.stderr
+
+
+async def test_stale_messages_are_polled_for_a_week_then_left_alone(
+    twilio, pool, pass_settings, db
+):
+    for sid, age in (("SM" + "1" * 32, timedelta(days=1)), ("SM" + "2" * 32, timedelta(days=9))):
+        await db.execute(
+            "INSERT INTO messages (sid, status, status_rank, to_number, created_at) "
+            "VALUES ($1, 'sent', 50, '+14155550100', now() - $2::interval)",
+            sid,
+            age,
+        )
+    report = await run_pass(pool, twilio, pass_settings, **around_now())
+    assert [(d.kind, d.sid) for d in report.unresolved] == [("not_at_twilio", "SM" + "1" * 32)]

@@ -13,15 +13,17 @@ replicas (a PostgreSQL advisory lock).
 
 import asyncio
 import logging
+import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import asyncpg
+import httpx
 from twilio.base.exceptions import TwilioRestException
 
 from status_tracker import privacy, repository
@@ -37,13 +39,23 @@ MATCH_BEFORE = timedelta(minutes=1)
 MATCH_AFTER = timedelta(minutes=10)
 # A send still 'pending' this long after it was recorded lost its answer (a crash mid-send).
 PENDING_GIVEN_UP_AFTER = timedelta(minutes=1)
+# Stale messages are polled for this long after they became stale, then no more: a status that
+# has not moved in a week will not (carriers that never confirm leave messages `sent` forever),
+# and polling them on every pass would grow without end. A window pass still compares them.
+STALE_GIVEN_UP_AFTER = timedelta(days=7)
 WRITE_BATCH = 500
+# Errors kept in a pass's record; the rest are only counted (`fetch_errors`).
+MAX_ERRORS = 100
 
 Progress = Callable[[str, int], None]
 
 
 class PassRunning(Exception):
     """Another pass holds the lock."""
+
+
+class PassNotDue(Exception):
+    """A pass finished recently enough (another worker's schedule ran it)."""
 
 
 @dataclass
@@ -77,18 +89,29 @@ async def run_pass(
     until: datetime,
     dry_run: bool = False,
     progress: Progress | None = None,
+    unless_finished_after: datetime | None = None,
 ) -> PassReport:
-    """Run one pass over the window; raise PassRunning if another one holds the lock."""
+    """Run one pass over the window; raise PassRunning if another one holds the lock.
+
+    With `unless_finished_after`, raise PassNotDue instead of running if a pass (not a dry run)
+    finished after that time: each worker's schedule asks, and only one of them runs."""
     started = time.monotonic()
     async with pool.acquire() as lock:
         if not await repository.try_reconcile_lock(lock):
             raise PassRunning("another reconciliation pass is running")
         try:
+            if unless_finished_after is not None:
+                last = await repository.last_pass_finished_at(lock)
+                if last is not None and last > unless_finished_after:
+                    raise PassNotDue(f"a pass finished at {last.isoformat()}")
             reconciliation_id = await repository.start_reconciliation(lock, since, until, dry_run)
             report = PassReport(reconciliation_id, since, until, dry_run)
             work = _Pass(pool, twilio, settings, report, progress)
             try:
+                # Each phase's changes are written before the next starts: an interrupted pass
+                # keeps what it settled, and the comparison reads what the polls applied.
                 await work.poll_stale()
+                await work.write()
                 await work.compare_window()
                 await work.write()
                 report.state = "finished"
@@ -116,14 +139,26 @@ async def run_pass(
 
 
 async def run_periodically(pool: asyncpg.Pool, twilio: TwilioApi, settings: Settings) -> None:
-    """The server's schedule: a pass over the last day every interval. Never raises."""
+    """The server's schedule: a pass over the last day every interval. Never raises.
+
+    Every worker of every replica runs this loop; the lock lets one pass run at a time, and a
+    worker whose turn comes less than half an interval after another's pass skips it. The
+    first pass comes soon after start (at most five minutes), to catch up after an outage."""
+    interval = settings.reconcile_interval_seconds
+    delay = min(interval, 300.0)
     while True:
-        await asyncio.sleep(settings.reconcile_interval_seconds)
+        await asyncio.sleep(delay * random.uniform(0.9, 1.1))
+        delay = interval
         until = datetime.now(UTC)
         try:
-            await run_pass(pool, twilio, settings, since=until - timedelta(days=1), until=until)
+            await run_pass(
+                pool, twilio, settings, since=until - timedelta(days=1), until=until,
+                unless_finished_after=until - timedelta(seconds=interval / 2),
+            )  # fmt: skip
         except PassRunning:
             log.info("reconciliation skipped: another pass is running")
+        except PassNotDue:
+            log.info("reconciliation skipped: another worker ran one recently")
         except Exception:
             log.exception("reconciliation pass could not run")
 
@@ -144,11 +179,15 @@ class _Pass:
         self.progress = progress
         self.limit = asyncio.Semaphore(settings.reconcile_concurrency)
         self.writes: list[StatusReport] = []
+        self.inbound: list[tuple[StatusReport, str | None]] = []
+        # SIDs whose state at Twilio this pass already has: each is fetched and applied once.
+        self.checked: set[str] = set()
         self.seen = 0
 
     async def poll_stale(self) -> None:
         cutoff = datetime.now(UTC) - self.settings.stale_after
-        stale = await repository.stale_messages(self.pool, cutoff)
+        stale = await repository.stale_messages(self.pool, cutoff - STALE_GIVEN_UP_AFTER, cutoff)
+        self.checked.update(row["sid"] for row in stale)
         await asyncio.gather(*(self._check_with_twilio(row, "poll") for row in stale))
 
     async def compare_window(self) -> None:
@@ -165,28 +204,39 @@ class _Pass:
             for row in await repository.messages_by_sid(self.pool, sids[start : start + 10_000]):
                 known[row["sid"]] = row
         for sid, message in at_twilio.items():
-            if sid in known:
+            if sid in known and sid not in self.checked:
                 self._apply_if_outranks(known[sid], message, "reconcile")
         unknown_here = [message for sid, message in at_twilio.items() if sid not in known]
-        matched = await self._match_unknown_attempts(unknown_here)
+        outbound = [m for m in unknown_here if m.direction != "inbound"]
+        claimed = await self._match_unknown_attempts(outbound)
         for message in unknown_here:
-            if message.sid not in matched:
+            if message.sid not in claimed:
                 self._count("missing_locally")
-                self._stage(message, "reconcile")
+                if message.direction == "inbound":
+                    # Our inbound webhook missed it: stored as inbound, with no reply sent.
+                    self.inbound.append((self._report(message, "inbound"), message.body))
+                else:
+                    self._stage(message, "reconcile")
+        self.checked.update(at_twilio)
         # Local messages Twilio did not list: ask for each; it may not know them at all.
         local = await repository.sent_messages_between(self.pool, since, until)
-        absent = [row for row in local if row["sid"] not in at_twilio]
+        absent = [row for row in local if row["sid"] not in self.checked]
+        self.checked.update(row["sid"] for row in absent)
         await asyncio.gather(*(self._check_with_twilio(row, "reconcile") for row in absent))
 
     async def write(self) -> None:
+        writes, self.writes = self.writes, []
+        inbound, self.inbound = self.inbound, []
         if self.report.dry_run:
             return
-        self.writes.sort(key=lambda report: report.sid or "")
-        for start in range(0, len(self.writes), WRITE_BATCH):
+        writes.sort(key=lambda report: report.sid or "")
+        for start in range(0, len(writes), WRITE_BATCH):
             async with self.pool.acquire() as connection:
-                await repository.record_reports(
-                    connection, self.writes[start : start + WRITE_BATCH]
-                )
+                await repository.record_reports(connection, writes[start : start + WRITE_BATCH])
+        for report, body in inbound:
+            await repository.record_inbound(
+                self.pool, report, privacy.body(body, self.settings), None
+            )
 
     async def _check_with_twilio(self, row: asyncpg.Record, source: str) -> None:
         async with self.limit:
@@ -197,10 +247,20 @@ class _Pass:
                     self._unresolved("not_at_twilio", row["id"], row["sid"],
                                      {"status": row["status"]})  # fmt: skip
                 else:
-                    self.report.errors.append(f"fetch {row['sid']}: {error.status} {error.msg}")
+                    self._error(f"fetch {row['sid']}: {error.status} {error.msg}")
+                return
+            except httpx.HTTPError as error:
+                # Timeouts and refused connections: this message is simply not checked this
+                # time; the next pass asks again.
+                self._error(f"fetch {row['sid']}: {type(error).__name__} {error}")
                 return
         self._tick("fetched")
         self._apply_if_outranks(row, message, source)
+
+    def _error(self, text: str) -> None:
+        self._count("fetch_errors")
+        if len(self.report.errors) < MAX_ERRORS:
+            self.report.errors.append(text)
 
     def _apply_if_outranks(self, row: asyncpg.Record, message: Any, source: str) -> None:
         theirs = Report(str(message.status), message.error_code)
@@ -209,8 +269,12 @@ class _Pass:
             self._count("status_differs")
             self._stage(message, source)
 
-    async def _match_unknown_attempts(self, candidates: Sequence[Any]) -> set[str]:
-        """Give unknown-outcome sends their Twilio message where the match is unambiguous."""
+    async def _match_unknown_attempts(self, listed: Sequence[Any]) -> set[str]:
+        """Give unknown-outcome sends their Twilio message where the match is unambiguous.
+
+        Returns the SIDs this settled or holds as candidates of an ambiguous match: those are
+        not added as messages of their own, so that the next pass reports the same ambiguity
+        (and not a `not_sent`) until an operator settles it."""
         now = datetime.now(UTC)
         attempts = await repository.unsettled_attempts(
             self.pool,
@@ -218,32 +282,32 @@ class _Pass:
             self.report.until,
             now - PENDING_GIVEN_UP_AFTER,
         )
-        by_to: dict[str, list[Any]] = defaultdict(list)
-        for message in candidates:
-            # Stored numbers may be redacted: compare them as stored.
-            by_to[privacy.redact_number(message.to, self.settings) or ""].append(message)
-        fits: dict[UUID, frozenset[str]] = {}
-        messages = {message.sid: message for message in candidates}
-        for attempt in attempts:
-            same_to = by_to.get(attempt["to_number"], [])
-            fits[attempt["id"]] = frozenset(
-                m.sid for m in same_to if _fits(attempt, m, self.settings)
-            )
+        if not attempts:
+            return set()
+        messages = {message.sid: message for message in listed}
+        fits = self._fits_by_attempt(attempts, messages.values())
+        # An attempt with nothing in the window listing may still be at Twilio: not sent yet
+        # (scheduled, queued), or dated just outside the window. Ask by its number, which the
+        # store has unless numbers are redacted.
+        lonely = {a["to_number"] for a in attempts if not fits[a["id"]] and a["to_number"]}
+        if lonely and self.settings.redact_numbers == "none":
+            for message in await self._messages_to(lonely, attempts):
+                messages.setdefault(message.sid, message)
+            fits = self._fits_by_attempt(attempts, messages.values())
         # Attempts that fit the very same messages (same number, sender and body, close in
         # time) are told apart by order, when there are as many of each; otherwise not at all.
         groups: dict[frozenset[str], list[asyncpg.Record]] = defaultdict(list)
         for attempt in attempts:
             groups[fits[attempt["id"]]].append(attempt)
-        claimed = Counter(sid for fitting in groups for sid in fitting)
-        matched: set[str] = set()
+        claims = Counter(sid for fitting in groups for sid in fitting)
+        claimed: set[str] = set(claims)
         for fitting, group in groups.items():
-            exclusive = all(claimed[sid] == 1 for sid in fitting)
+            exclusive = all(claims[sid] == 1 for sid in fitting)
             if fitting and exclusive and len(fitting) == len(group):
                 in_order = sorted((messages[sid] for sid in fitting), key=_created_order)
                 for attempt, message in zip(group, in_order, strict=True):
                     self._count("unknown_attempt_matched")
                     self._stage(message, "reconcile", message_id=attempt["id"])
-                    matched.add(message.sid)
                 continue
             for attempt in group:
                 if not fitting:
@@ -251,16 +315,63 @@ class _Pass:
                         "to": attempt["to_number"],
                         "created_at": attempt["created_at"].isoformat(),
                         "explanation": "Twilio has no message to this number from this sender "
-                        "around that time: the send most likely never reached it.",
+                        "around that time: the send most likely never reached it. Send it "
+                        "again if it is still wanted.",
                     })  # fmt: skip
                 else:
                     self._unresolved("ambiguous_match", attempt["id"], None, {
+                        "to": attempt["to_number"],
+                        "created_at": attempt["created_at"].isoformat(),
                         "candidates": sorted(fitting),
-                        "explanation": "Several of Twilio's messages fit this send; none applied.",
+                        "explanation": "Twilio's messages that fit this send (number, sender, "
+                        "body, time) fit other sends too, in numbers that order cannot settle: "
+                        "none applied; check the candidates by hand.",
                     })  # fmt: skip
-        return matched
+        return claimed
+
+    def _fits_by_attempt(
+        self, attempts: Sequence[asyncpg.Record], messages: Iterable[Any]
+    ) -> dict[UUID, frozenset[str]]:
+        by_to: dict[str, list[Any]] = defaultdict(list)
+        for message in messages:
+            # Stored numbers may be redacted: compare them as stored.
+            by_to[privacy.redact_number(message.to, self.settings) or ""].append(message)
+        return {
+            attempt["id"]: frozenset(
+                m.sid
+                for m in by_to.get(attempt["to_number"], [])
+                if _fits(attempt, m, self.settings)
+            )
+            for attempt in attempts
+        }
+
+    async def _messages_to(
+        self, numbers: set[str], attempts: Sequence[asyncpg.Record]
+    ) -> list[Any]:
+        """Twilio's outbound messages to these numbers around the attempts, unknown locally."""
+        oldest = min(a["created_at"] for a in attempts) - MATCH_BEFORE
+
+        async def to(number: str) -> list[Any]:
+            found = []
+            async with self.limit:
+                async for message in self.twilio.list_messages(to=number):
+                    # Newest first: past a message sent before the oldest attempt, every
+                    # later one was also created before it.
+                    if message.date_sent is not None and message.date_sent < oldest:
+                        break
+                    if message.direction != "inbound" and message.sid not in self.checked:
+                        found.append(message)
+            return found
+
+        found = [m for batch in await asyncio.gather(*map(to, sorted(numbers))) for m in batch]
+        known = await repository.messages_by_sid(self.pool, [m.sid for m in found])
+        known_sids = {row["sid"] for row in known}
+        return [m for m in found if m.sid not in known_sids]
 
     def _stage(self, message: Any, source: str, message_id: UUID | None = None) -> None:
+        self.writes.append(self._report(message, source, message_id))
+
+    def _report(self, message: Any, source: str, message_id: UUID | None = None) -> StatusReport:
         report = StatusReport(
             sid=message.sid,
             status=str(message.status),
@@ -275,7 +386,7 @@ class _Pass:
             fields=_fields(message),
             message_id=message_id,
         )
-        self.writes.append(privacy.scrub_report(report, self.settings))
+        return privacy.scrub_report(report, self.settings)
 
     def _count(self, kind: str) -> None:
         self.report.counts[kind] += 1

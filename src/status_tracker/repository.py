@@ -314,6 +314,14 @@ async def start_reconciliation(
     return reconciliation_id
 
 
+async def last_pass_finished_at(db: Executor) -> datetime | None:
+    """When the last pass that applied its findings (not a dry run) finished."""
+    finished: datetime | None = await db.fetchval(
+        "SELECT max(finished_at) FROM reconciliations WHERE state = 'finished' AND NOT dry_run"
+    )
+    return finished
+
+
 async def finish_reconciliation(
     connection: asyncpg.Connection,
     reconciliation_id: int,
@@ -346,16 +354,19 @@ async def finish_reconciliation(
         )
 
 
-async def stale_messages(db: Executor, created_before: datetime) -> list[asyncpg.Record]:
+async def stale_messages(
+    db: Executor, created_after: datetime, created_before: datetime
+) -> list[asyncpg.Record]:
     """Outbound messages with a SID that are not final although they should be by now."""
     records: list[asyncpg.Record] = await db.fetch(
         """
         SELECT id, sid, status, error_code FROM messages
-        WHERE sid IS NOT NULL AND direction <> 'inbound' AND created_at < $1
+        WHERE sid IS NOT NULL AND direction <> 'inbound' AND created_at BETWEEN $1 AND $2
           AND status NOT IN ('canceled', 'failed', 'undelivered', 'partially_delivered',
                              'delivered', 'read', 'received')
         ORDER BY created_at
         """,
+        created_after,
         created_before,
     )
     return records

@@ -58,18 +58,31 @@ class TwilioApi:
         )
 
     async def list_messages(
-        self, sent_after: datetime, sent_before: datetime
+        self,
+        sent_after: datetime | None = None,
+        sent_before: datetime | None = None,
+        *,
+        to: str | None = None,
     ) -> AsyncIterator[Any]:
-        """Every message sent in the window, 1000 a page (UTC; the SDK does not convert zones)."""
-        pages = await _retry_rate_limited(
-            lambda: self._client.messages.stream_async(
-                date_sent_after=sent_after.astimezone(UTC),
-                date_sent_before=sent_before.astimezone(UTC),
-                page_size=1000,
-            )
+        """Messages sent in the window (and to `to`), 1000 a page, newest first.
+
+        Times go as UTC: the SDK does not convert zones. With a date filter, Twilio leaves out
+        messages not sent yet (queued, scheduled, canceled before sending)."""
+        filters: dict[str, Any] = {}
+        if sent_after is not None:
+            filters["date_sent_after"] = sent_after.astimezone(UTC)
+        if sent_before is not None:
+            filters["date_sent_before"] = sent_before.astimezone(UTC)
+        if to is not None:
+            filters["to"] = to
+        # Page by page rather than `stream_async`, so that a 429 on any page is retried too.
+        page = await _retry_rate_limited(
+            lambda: self._client.messages.page_async(page_size=1000, **filters)
         )
-        async for message in pages:
-            yield message
+        while page is not None:
+            for message in page:
+                yield message
+            page = await _retry_rate_limited(page.next_page_async)
 
     async def close(self) -> None:
         await self._http.close()
