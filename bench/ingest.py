@@ -233,7 +233,12 @@ def run(args: argparse.Namespace, dsn: str, directory: Path) -> list[dict[str, o
             url = f"http://127.0.0.1:{port}"
             requests = signed_requests(url, args.messages)
             script = wrk_script(requests, directory)
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "STATUS_"))}
+            # The service's own settings come from here, except the ingest tuning knobs.
+            env = {
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("TWILIO_", "STATUS_")) or k.startswith("STATUS_TRACKER_INGEST_")
+            }
             if name == "baseline":
                 command = [
                     sys.executable,

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -30,42 +30,61 @@ class Form:
     over exactly the pairs that are stored.
     """
 
-    __slots__ = ("pairs",)
+    __slots__ = ("_by_name", "pairs")
 
     def __init__(self, pairs: list[tuple[str, str]]) -> None:
         self.pairs = pairs
+        self._by_name: dict[str, list[str]] | None = None
 
     @classmethod
     def parse(cls, text: str) -> "Form":
-        try:
-            pairs = parse_qsl(
-                text, keep_blank_values=True, errors="strict", max_num_fields=MAX_FIELDS
-            )
-        except (UnicodeDecodeError, ValueError) as error:
-            raise MalformedForm(str(error)) from error
+        """Parse `application/x-www-form-urlencoded` as `urllib.parse.parse_qsl` does (blank
+        values kept, strict UTF-8), at a third of its cost: most of Twilio's values need no
+        decoding, and this runs for every callback."""
+        pairs: list[tuple[str, str]] = []
+        if text:
+            parts = text.split("&")
+            if len(parts) > MAX_FIELDS:
+                raise MalformedForm(f"more than {MAX_FIELDS} fields")
+            for part in parts:
+                if part:
+                    name, _, value = part.partition("=")
+                    pairs.append((_form_decode(name), _form_decode(value)))
         # PostgreSQL text cannot hold NUL, and Twilio never sends it.
-        if any("\x00" in name or "\x00" in value for name, value in pairs):
+        if ("\x00" in text or "%00" in text) and any(
+            "\x00" in name or "\x00" in value for name, value in pairs
+        ):
             raise MalformedForm("a field contains a NUL character")
         return cls(pairs)
 
     def __iter__(self) -> Iterator[str]:
-        return (name for name, _ in self.pairs)
+        return iter(self._index())
 
     def getall(self, name: str) -> list[str]:
-        return [value for key, value in self.pairs if key == name]
+        return self._index().get(name, [])
+
+    def _index(self) -> dict[str, list[str]]:
+        if self._by_name is None:
+            self._by_name = {}
+            for name, value in self.pairs:
+                self._by_name.setdefault(name, []).append(value)
+        return self._by_name
 
     def as_fields(self) -> dict[str, str | list[str]]:
         """Every field, a repeated name as the list of its values in order."""
-        fields: dict[str, str | list[str]] = {}
-        for name, value in self.pairs:
-            previous = fields.get(name)
-            if previous is None:
-                fields[name] = value
-            elif isinstance(previous, list):
-                previous.append(value)
-            else:
-                fields[name] = [previous, value]
-        return fields
+        return {
+            name: values[0] if len(values) == 1 else list(values)
+            for name, values in self._index().items()
+        }
+
+
+def _form_decode(text: str) -> str:
+    if "%" in text or "+" in text:
+        try:
+            return unquote(text.replace("+", " "), errors="strict")
+        except UnicodeDecodeError as error:
+            raise MalformedForm(str(error)) from error
+    return text
 
 
 class StatusCallback(BaseModel):
@@ -123,12 +142,15 @@ def parse_error_code(raw: str | None) -> int | None:
 
 def parse_raw_dlr_done_date(raw: str | None) -> datetime | None:
     """`RawDlrDoneDate` is the carrier's YYMMDDhhmm[ss], on the carrier's clock, taken as UTC."""
-    if raw is None or not raw.isdigit() or len(raw) not in (10, 12):
+    if raw is None or not raw.isascii() or not raw.isdigit() or len(raw) not in (10, 12):
         return None
+    # By hand rather than strptime, which costs as much as the rest of the callback's parsing.
     try:
-        return datetime.strptime(raw if len(raw) == 12 else raw + "00", "%y%m%d%H%M%S").replace(
-            tzinfo=UTC
-        )
+        year = int(raw[0:2])
+        return datetime(
+            year + (2000 if year < 69 else 1900), int(raw[2:4]), int(raw[4:6]),
+            int(raw[6:8]), int(raw[8:10]), int(raw[10:12] or 0), tzinfo=UTC,
+        )  # fmt: skip
     except ValueError:
         return None
 

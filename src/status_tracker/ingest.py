@@ -98,7 +98,6 @@ class ReportWriter:
 
     async def _store(self, connection: asyncpg.Connection, batch: list[_Pending]) -> None:
         """Store the batch and settle each report's future; raise if none could be stored."""
-        batch.sort(key=lambda pending: pending[0].sid or "")
         try:
             await repository.record_reports(connection, [report for report, _ in batch])
         except Exception as error:

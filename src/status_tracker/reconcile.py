@@ -229,7 +229,6 @@ class _Pass:
         inbound, self.inbound = self.inbound, []
         if self.report.dry_run:
             return
-        writes.sort(key=lambda report: report.sid or "")
         for start in range(0, len(writes), WRITE_BATCH):
             async with self.pool.acquire() as connection:
                 await repository.record_reports(connection, writes[start : start + WRITE_BATCH])

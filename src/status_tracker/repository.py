@@ -4,6 +4,7 @@ Functions take an asyncpg connection (or pool) and plain values, and return plai
 the web layer, the CLI, the reconciliation job and the benchmarks share them.
 """
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,7 +14,7 @@ from uuid import UUID
 import asyncpg
 
 from status_tracker.callbacks import StatusReport
-from status_tracker.precedence import NO_ERROR_CODE, is_final, rank
+from status_tracker.precedence import FINAL_STATUSES, NO_ERROR_CODE, rank
 
 Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
@@ -23,22 +24,41 @@ _WINS = f"""(EXCLUDED.status_rank, EXCLUDED.status COLLATE "C",
             coalesce(EXCLUDED.error_code, {NO_ERROR_CODE}))
          > (m.status_rank, m.status COLLATE "C", coalesce(m.error_code, {NO_ERROR_CODE}))"""
 
-# One statement per report: the message is created or its status raised, and the report is
-# appended to the event log, in a single round trip. The message is found by SID, else by the
-# local id the caller passes ($20): the id in our own StatusCallback URL, so a callback that
-# outruns the send's response still lands on the attempt. A message we did not send gets an id
-# derived from its SID (md5), so that two first callbacks racing for one SID agree on the row.
-RECORD_REPORT = f"""
-WITH message AS (
+# Reports stored by one statement, one round trip: each message is created or its status raised,
+# and every report is appended to the event log. The reports travel as one JSON document, which
+# costs a fraction of the client time that the same values cost as parameters.
+#
+# A message is found by SID, else by the local id the caller passes: the id in our own
+# StatusCallback URL, so a callback that outruns the send's response still lands on the attempt.
+# A message we did not send gets an id derived from its SID (md5), so that two first callbacks
+# racing for one SID agree on the row. Rows are upserted in id order: two batches sharing
+# messages lock them in the same order and cannot deadlock. A statement may not update a row
+# twice: callers give each message at most one report per statement.
+_FINAL = ", ".join(f"'{status}'" for status in sorted(FINAL_STATUSES))
+RECORD_REPORTS = f"""
+WITH incoming AS (
+    SELECT coalesce((SELECT id FROM messages WHERE sid = r.sid), r.message_id,
+                    md5(r.sid)::uuid) AS id, r.*
+    FROM json_to_recordset($1::json) AS r(
+        sid text, account_sid text, status text, status_rank smallint, error_code integer,
+        to_number text, from_number text, messaging_service_sid text, channel text,
+        received_at timestamptz, source text, carrier_done_at timestamptz, fields jsonb,
+        query jsonb, idempotency_token text, message_id uuid
+    )
+),
+message AS (
     INSERT INTO messages AS m (
         id, sid, account_sid, status, status_rank, error_code, to_number, from_number,
         messaging_service_sid, channel, created_at, updated_at,
         sent_at, delivered_at, read_at, final_at
     )
-    VALUES (
-        coalesce((SELECT id FROM messages WHERE sid = $1), $20, md5($1)::uuid),
-        $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14
-    )
+    SELECT id, sid, account_sid, status, status_rank, error_code, to_number, from_number,
+           messaging_service_sid, channel, received_at, received_at,
+           CASE WHEN status = 'sent' THEN received_at END,
+           CASE WHEN status = 'delivered' THEN received_at END,
+           CASE WHEN status = 'read' THEN received_at END,
+           CASE WHEN status IN ({_FINAL}) THEN received_at END
+    FROM incoming ORDER BY id
     ON CONFLICT (id) DO UPDATE SET
         sid = coalesce(m.sid, EXCLUDED.sid),
         -- A report carrying a SID proves Twilio took a send whose answer was lost or is late.
@@ -59,53 +79,63 @@ WITH message AS (
         delivered_at = least(m.delivered_at, EXCLUDED.delivered_at),
         read_at = least(m.read_at, EXCLUDED.read_at),
         final_at = least(m.final_at, EXCLUDED.final_at)
-    RETURNING m.id
 )
 INSERT INTO message_events (
     message_id, status, status_rank, error_code, source, received_at, carrier_done_at,
     fields, query, idempotency_token
 )
-SELECT message.id, $3, $4, $5, $15, $10, $16, $17, $18, $19 FROM message
+SELECT id, status, status_rank, error_code, source, received_at, carrier_done_at,
+       fields, query, idempotency_token
+FROM incoming
 """
 
 
-def _record_report_args(report: StatusReport) -> tuple[Any, ...]:
-    at = report.received_at
-    return (
-        report.sid,
-        report.account_sid,
-        report.status,
-        rank(report.status),
-        report.error_code,
-        report.to,
-        report.from_,
-        report.messaging_service_sid,
-        report.channel,
-        at,
-        at if report.status == "sent" else None,
-        at if report.status == "delivered" else None,
-        at if report.status == "read" else None,
-        at if is_final(report.status) else None,
-        report.source,
-        report.carrier_done_at,
-        report.fields,
-        report.query,
-        report.idempotency_token,
-        report.message_id,
-    )
+def _record_reports_rounds(reports: Sequence[StatusReport]) -> list[str]:
+    """RECORD_REPORTS' documents: the first report of each message in the first, its second
+    (if any) in the next, and so on. Reports of one message in one batch are rare."""
+    rounds: list[list[dict[str, Any]]] = []
+    seen: dict[object, int] = {}
+    for report in reports:
+        key = report.sid if report.sid is not None else report.message_id
+        index = seen[key] = seen.get(key, -1) + 1
+        if index == len(rounds):
+            rounds.append([])
+        rounds[index].append({
+            "sid": report.sid,
+            "account_sid": report.account_sid,
+            "status": report.status,
+            "status_rank": rank(report.status),
+            "error_code": report.error_code,
+            "to_number": report.to,
+            "from_number": report.from_,
+            "messaging_service_sid": report.messaging_service_sid,
+            "channel": report.channel,
+            "received_at": report.received_at.isoformat(),
+            "source": report.source,
+            "carrier_done_at": report.carrier_done_at and report.carrier_done_at.isoformat(),
+            "fields": report.fields,
+            "query": report.query,
+            "idempotency_token": report.idempotency_token,
+            "message_id": report.message_id and str(report.message_id),
+        })  # fmt: skip
+    return [json.dumps(batch) for batch in rounds]
+
+
+async def record_reports(connection: asyncpg.Connection, reports: Sequence[StatusReport]) -> None:
+    """Store reports in one transaction: each is appended to the event log and applied to its
+    message's status by the precedence rule, whatever their order."""
+    rounds = _record_reports_rounds(reports)
+    if len(rounds) == 1:
+        await connection.execute(RECORD_REPORTS, rounds[0])
+        return
+    async with connection.transaction():
+        for batch in rounds:
+            await connection.execute(RECORD_REPORTS, batch)
 
 
 async def record_report(db: Executor, report: StatusReport) -> None:
     """Store one report: append it to the event log and apply it to the message's status."""
-    await db.execute(RECORD_REPORT, *_record_report_args(report))
-
-
-async def record_reports(connection: asyncpg.Connection, reports: Sequence[StatusReport]) -> None:
-    """Store many reports in one transaction, pipelined: about one round trip for them all.
-
-    Callers order the reports by SID, so that two batches running at once lock the messages
-    they share in the same order and cannot deadlock."""
-    await connection.executemany(RECORD_REPORT, [_record_report_args(r) for r in reports])
+    await db.execute(RECORD_REPORTS, *_record_reports_rounds([report]))
 
 
 MESSAGE_COLUMNS = """
@@ -205,7 +235,7 @@ async def record_send_result(
     async with connection.transaction():
         if report.sid is not None:
             await _merge_early_record(connection, report.sid, report.message_id)
-        await connection.execute(RECORD_REPORT, *_record_report_args(report))
+        await record_report(connection, report)
         # "unknown" never overrides what a callback already proved: that Twilio took it.
         await connection.execute(
             """

@@ -70,7 +70,7 @@ async def inbound_message(
     is stored (direction `inbound`, status `received`); STOP/START keywords are recorded; with
     `STATUS_TRACKER_AUTO_REPLY` set, the reply is recorded first and its status tracked."""
     received_at = datetime.now(UTC)
-    form, query = await verified_form(request, settings, verifier)
+    form, query = await verified_form(request.scope, request.receive, settings, verifier)
     fields = form.as_fields()
     inbound = parse_form_model(InboundMessage, fields)
     media = [

@@ -1,11 +1,13 @@
 """Webhooks Twilio calls. They are authenticated by signature, not by API key."""
 
+import logging
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ValidationError
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 from twilio.request_validator import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER
 
 from status_tracker import privacy
@@ -17,6 +19,7 @@ from status_tracker.errors import (
     PayloadTooLarge,
     Problem,
     ServiceUnavailable,
+    problem_response,
     render,
 )
 from status_tracker.ingest import Overloaded, ReportWriter
@@ -26,6 +29,9 @@ from status_tracker.signatures import SignatureVerifier
 router = APIRouter(prefix="/webhooks/twilio", tags=["webhooks"])
 ModelT = TypeVar("ModelT", bound=BaseModel)
 STATUS_PATH = "/webhooks/twilio/status"
+SIGNATURE_HEADER_RAW = SIGNATURE_HEADER.lower().encode()
+SIGNATURE_SETTINGS_HEADER_RAW = SIGNATURE_SETTINGS_HEADER.lower().encode()
+log = logging.getLogger(__name__)
 
 STATUS_CALLBACK_EXAMPLE = (
     "MessageSid=SM0123456789abcdef0123456789abcdef&SmsSid=SM0123456789abcdef0123456789abcdef"
@@ -65,47 +71,86 @@ def parse_form_model(model: type[ModelT], fields: dict[str, Any]) -> ModelT:
         raise BadRequest(detail) from error
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+def header(scope: Scope, name: bytes) -> str | None:
+    """A request header, read from the ASGI scope (where names are in lower case)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            decoded: str = value.decode("latin-1")
+            return decoded
+    return None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole body, refused (413) as soon as it is known to exceed `limit` bytes."""
+    declared = header(scope, b"content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
-    body = bytearray()
-    async for chunk in request.stream():
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk: bytes = message.get("body", b"")
         body += chunk
         if len(body) > limit:
             raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
-    return bytes(body)
+        if not message.get("more_body", False):
+            return body
 
 
-def public_url(request: Request, settings: Settings) -> str:
+def public_url(scope: Scope, settings: Settings) -> str:
     """The URL Twilio signed: the configured public base, never the Host a proxy passed on."""
-    raw_path: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
     url = settings.public_url.rstrip("/") + raw_path.decode("latin-1")
-    query: bytes = request.scope.get("query_string", b"")
+    query: bytes = scope.get("query_string", b"")
     return f"{url}?{query.decode('latin-1')}" if query else url
 
 
 async def verified_form(
-    request: Request, settings: Settings, verifier: SignatureVerifier
+    scope: Scope, receive: Receive, settings: Settings, verifier: SignatureVerifier
 ) -> tuple[Form, Form]:
     """The form body and the query, once size, encoding and signature are checked."""
-    body = await read_body(request, settings.max_body_bytes)
-    signature = request.headers.get(SIGNATURE_HEADER)
+    body = await read_body(scope, receive, settings.max_body_bytes)
+    signature = header(scope, SIGNATURE_HEADER_RAW)
     if not signature:
         raise Forbidden(f"Missing {SIGNATURE_HEADER}.")
     try:
         form = Form.parse(body.decode("utf-8"))
-        query = Form.parse(request.scope.get("query_string", b"").decode("latin-1"))
+        query = Form.parse(scope.get("query_string", b"").decode("latin-1"))
     except (UnicodeDecodeError, MalformedForm) as error:
         raise BadRequest(f"The body is not a valid UTF-8 form: {error}") from error
     if not verifier.verify(
-        public_url(request, settings),
+        public_url(scope, settings),
         form,
         signature,
-        request.headers.get(SIGNATURE_SETTINGS_HEADER),
+        header(scope, SIGNATURE_SETTINGS_HEADER_RAW),
     ):
         raise Forbidden(f"{SIGNATURE_HEADER} does not match this request.")
     return form, query
+
+
+async def store_status_callback(scope: Scope, receive: Receive) -> None:
+    """Check, parse and store one status callback; return once it is committed.
+
+    Raises a Problem (400, 403, 413, 503) or a database error: either way nothing was stored."""
+    received_at = datetime.now(UTC)
+    state = scope["state"]
+    settings: Settings = state["settings"]
+    writer: ReportWriter = state["writer"]
+    form, query = await verified_form(scope, receive, settings, state["verifier"])
+    fields = form.as_fields()
+    callback = parse_form_model(StatusCallback, fields)
+    report = report_from_callback(
+        callback,
+        fields,
+        query.as_fields(),
+        received_at,
+        header(scope, b"i-twilio-idempotency-token"),
+    )
+    try:
+        await writer.write(privacy.scrub_report(report, settings))
+    except Overloaded as error:
+        raise ServiceUnavailable(f"Too many callbacks waiting to be stored: {error}.") from error
 
 
 @router.post(
@@ -129,51 +174,28 @@ async def verified_form(
 async def status_callback(request: Request) -> Response:
     """Point a message's StatusCallback here. Every callback is appended to the message's event
     log and applied by the precedence rule; the answer (204) comes only once it is committed."""
-    # The hot path (tens of millions a day): app state is read directly, since resolving
-    # dependencies costs as much as the rest of the handler.
-    received_at = datetime.now(UTC)
-    settings: Settings = request.state.settings
-    verifier: SignatureVerifier = request.state.verifier
-    writer: ReportWriter = request.state.writer
-    form, query = await verified_form(request, settings, verifier)
-    fields = form.as_fields()
-    callback = parse_form_model(StatusCallback, fields)
-    report = report_from_callback(
-        callback,
-        fields,
-        query.as_fields(),
-        received_at,
-        request.headers.get("i-twilio-idempotency-token"),
-    )
-    report = privacy.scrub_report(report, settings)
-    try:
-        await writer.write(report)
-    except Overloaded as error:
-        raise ServiceUnavailable(f"Too many callbacks waiting to be stored: {error}.") from error
+    await store_status_callback(request.scope, request.receive)
     return Response(status_code=204)
 
 
 _RENDERED: tuple[type[Exception], ...] = (Problem, *DATABASE_ERRORS)
 
 
-class StatusCallbackFastPath:
-    """ASGI middleware that hands status callbacks straight to `status_callback`.
-
-    The route above stays (it documents the webhook and serves it the same way); this only
-    skips the router, the dependency machinery and the exception middleware, which cost more
-    than the handler itself on the path that carries tens of millions of callbacks a day.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != STATUS_PATH or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        request = Request(scope, receive)
-        try:
-            response = await status_callback(request)
-        except _RENDERED as error:
-            response = await render(request, error)
+async def serve_status_callback(scope: Scope, receive: Receive, send: Send) -> None:
+    """`status_callback` as a bare ASGI app, which the application calls before any middleware
+    or routing: on the path that carries tens of millions of callbacks a day, those cost more
+    than checking and storing the callback. Errors are answered as the router would."""
+    try:
+        await store_status_callback(scope, receive)
+    except ClientDisconnect:
+        return  # Twilio gave up on this request; it retries, and nothing was stored.
+    except Exception as error:
+        if isinstance(error, _RENDERED):
+            response = await render(Request(scope, receive), error)
+        else:
+            log.exception("status callback failed")
+            response = problem_response(500, "Internal Server Error")
         await response(scope, receive, send)
+        return
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
