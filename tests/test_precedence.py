@@ -2,11 +2,14 @@
 
 import asyncio
 import random
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from status_tracker import repository
+from status_tracker.callbacks import StatusReport
 from status_tracker.precedence import STATUS_ORDER, Report, normalise_status, rank, winner
 from tests.support import callback_fields, new_sid, signed
 
@@ -84,6 +87,44 @@ async def test_stored_state_is_the_rule_for_any_order_and_duplicates(
         sid,
     )
     assert stored == len(sends)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(received=st.lists(reports, min_size=1, max_size=4), seed=st.integers(0, 2**32))
+async def test_one_batch_with_many_reports_per_message_is_the_rule(db, received, seed):
+    """The ingest writer stores whatever arrived together in one call: several reports of one
+    message in one batch end as if they had come one by one."""
+    start = datetime(2026, 11, 24, 12, tzinfo=UTC)
+    rng = random.Random(seed)
+    batch = []
+    for per_message in received:
+        sid = new_sid()
+        for report in per_message * rng.randint(1, 2):
+            at = start + timedelta(seconds=rng.randint(0, 600))
+            batch.append(StatusReport(sid, report.status, report.error_code, at, "callback"))
+    rng.shuffle(batch)
+    await repository.record_reports(db, batch)
+    for sid in {report.sid for report in batch}:
+        mine = [r for r in batch if r.sid == sid]
+        expected = winner(Report(r.status, r.error_code) for r in mine)
+        row = await db.fetchrow(
+            "SELECT id, status, error_code, created_at, updated_at, sent_at FROM messages "
+            "WHERE sid = $1",
+            sid,
+        )
+        assert (row["status"], row["error_code"]) == (expected.status, expected.error_code)
+        assert row["created_at"] == min(r.received_at for r in mine)
+        assert row["updated_at"] == max(r.received_at for r in mine)
+        sent = [r.received_at for r in mine if r.status == "sent"]
+        assert row["sent_at"] == (min(sent) if sent else None)
+        events = await db.fetchval(
+            "SELECT count(*) FROM message_events WHERE message_id = $1", row["id"]
+        )
+        assert events == len(mine)
 
 
 @pytest.mark.parametrize("repeat", range(3))
