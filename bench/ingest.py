@@ -38,6 +38,7 @@ from status_tracker.ports import free_port
 
 TOKEN = "bench-auth-token"
 PATH = "/webhooks/twilio/status"
+INGEST_SETTINGS = "STATUS_TRACKER_INGEST_"
 REPO = Path(__file__).resolve().parents[1]
 LIFECYCLES = [
     [("sent", None), ("delivered", None)],
@@ -233,11 +234,11 @@ def run(args: argparse.Namespace, dsn: str, directory: Path) -> list[dict[str, o
             url = f"http://127.0.0.1:{port}"
             requests = signed_requests(url, args.messages)
             script = wrk_script(requests, directory)
-            # The service's own settings come from here, except the ingest tuning knobs.
+            # The service's settings come from here, but for the ingest knobs, to compare them.
             env = {
                 k: v
                 for k, v in os.environ.items()
-                if not k.startswith(("TWILIO_", "STATUS_")) or k.startswith("STATUS_TRACKER_INGEST_")
+                if not k.startswith(("TWILIO_", "STATUS_")) or k.startswith(INGEST_SETTINGS)
             }
             if name == "baseline":
                 command = [

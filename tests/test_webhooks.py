@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import httpx
+import pytest
 from asgi_lifespan import LifespanManager
 from pydantic import SecretStr
 
@@ -240,6 +241,28 @@ async def test_event_log_is_append_only(client, db):
         else:
             raise AssertionError(f"{statement} was allowed")
     assert await db.fetchval("SELECT status FROM message_events") == "sent"
+
+
+async def test_a_message_keeps_its_events(client, db):
+    """No foreign key checks each appended event (it costs the ingest path); triggers keep what
+    it guarded: a message with events stays, and events only move to a message that exists."""
+    sid = new_sid()
+    await post(client, callback_fields(sid, "sent"))
+    for statement, args in (
+        ("DELETE FROM messages WHERE sid = $1", (sid,)),
+        ("TRUNCATE messages CASCADE", ()),
+        ("UPDATE message_events SET message_id = gen_random_uuid()", ()),
+    ):
+        with pytest.raises(asyncpg.ForeignKeyViolationError):
+            await db.execute(statement, *args)
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM message_events e JOIN messages m ON m.id = e.message_id "
+            "WHERE m.sid = $1",
+            sid,
+        )
+        == 1
+    )
 
 
 async def test_database_down_answers_503_then_recovers(client, db, postgres, database_url):
