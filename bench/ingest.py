@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlencode
@@ -172,8 +173,9 @@ async def open_loop(
     }
 
 
-def peak_rss_mib(pid: int) -> float:
-    """VmHWM of a process and all its descendants (uvicorn's workers)."""
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """A memory figure of a process and all its descendants (uvicorn's workers), summed:
+    VmRSS now, or VmHWM, the peak."""
     total_kib, pending = 0, [pid]
     while pending:
         current = pending.pop()
@@ -182,9 +184,25 @@ def peak_rss_mib(pid: int) -> float:
             children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
         except FileNotFoundError:
             continue
-        total_kib += int(re.search(r"VmHWM:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        total_kib += int(re.search(rf"{field}:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
         pending.extend(int(child) for child in children)
     return total_kib / 1024
+
+
+def closed_loop_with_memory(
+    url: str, script: Path, duration: int, concurrency: int, pid: int
+) -> dict[str, float]:
+    """`closed_loop`, noting the servers' RSS once a quarter of the load is done and at its end:
+    under sustained load the two should match (memory stays flat)."""
+    quarter: list[float] = []
+    timer = threading.Timer(duration / 4, lambda: quarter.append(rss_mib(pid)))
+    timer.start()
+    try:
+        result = closed_loop(url, script, duration, concurrency)
+    finally:
+        timer.cancel()
+    end = rss_mib(pid)
+    return {**result, "rss_quarter_mib": round(quarter[0], 1), "rss_end_mib": round(end, 1)}
 
 
 def start_server(
@@ -279,9 +297,11 @@ def run(args: argparse.Namespace, dsn: str, directory: Path) -> list[dict[str, o
             before = asyncio.run(stored_events(dsn))
             server = start_server(command, env, url, ready)
             try:
-                closed = closed_loop(url, script, args.duration, args.concurrency)
+                closed = closed_loop_with_memory(
+                    url, script, args.duration, args.concurrency, server.pid
+                )
                 opened = asyncio.run(open_loop(url, requests, args.rate, args.duration))
-                rss = peak_rss_mib(server.pid)
+                rss = rss_mib(server.pid, "VmHWM")
             finally:
                 stop_server(server)
             result: dict[str, object] = {
@@ -325,7 +345,9 @@ def report(results: list[dict[str, object]]) -> None:
             print(
                 f"service, {r['workers']} worker(s): {r['acknowledged_total']} callbacks "
                 f"acknowledged, {r['stored']} stored: "
-                f"{'nothing lost' if r['nothing_lost'] else 'LOST CALLBACKS'}"
+                f"{'nothing lost' if r['nothing_lost'] else 'LOST CALLBACKS'}; RSS "
+                f"{r['rss_quarter_mib']} MiB a quarter into the closed loop, {r['rss_end_mib']} "
+                "MiB at its end"
             )
     print("(columns 3-6: closed loop with wrk; 7-9: open loop at a fixed rate)")
 
