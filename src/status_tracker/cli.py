@@ -130,7 +130,9 @@ def serve(args: argparse.Namespace) -> None:
             workers=args.workers,
             log_config=None,
             access_log=settings.access_log,
-            proxy_headers=True,
+            # Only the access log reads the client's address; the middleware that takes it from
+            # X-Forwarded-For costs every callback a few percent when nothing reads it.
+            proxy_headers=settings.access_log,
         )
 
 

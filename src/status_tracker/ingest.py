@@ -1,7 +1,7 @@
 """Group commit: the reports that arrive together are stored together.
 
-A request hands its report to the writer and waits for its own commit; a few flusher tasks take
-whatever is pending, up to a batch, and store it in one transaction. Under light load
+A request hands its report to the writer and waits for its own commit; a flusher task takes
+whatever is pending, up to a batch, and stores it in one transaction. Under light load
 each report is flushed at once; under heavy load batches grow, so one commit (and one fsync)
 serves many callbacks. The queue is bounded: past it, `Overloaded` is raised at once, so the
 caller answers 503 instead of letting memory and latency grow without bound.
@@ -34,7 +34,7 @@ class ReportWriter:
         *,
         max_batch: int = 256,
         max_pending: int = 5000,
-        flushers: int = 4,
+        flushers: int = 1,
         acquire_timeout: float = 5.0,
     ) -> None:
         self._pool = pool

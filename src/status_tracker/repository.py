@@ -4,7 +4,6 @@ Functions take an asyncpg connection (or pool) and plain values, and return plai
 the web layer, the CLI, the reconciliation job and the benchmarks share them.
 """
 
-import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,6 +11,7 @@ from typing import Any, TypeAlias
 from uuid import UUID
 
 import asyncpg
+import orjson
 
 from status_tracker.callbacks import StatusReport
 from status_tracker.precedence import FINAL_STATUSES, NO_ERROR_CODE, rank
@@ -110,15 +110,16 @@ def _record_reports_rounds(reports: Sequence[StatusReport]) -> list[str]:
             "from_number": report.from_,
             "messaging_service_sid": report.messaging_service_sid,
             "channel": report.channel,
-            "received_at": report.received_at.isoformat(),
+            "received_at": report.received_at,
             "source": report.source,
-            "carrier_done_at": report.carrier_done_at and report.carrier_done_at.isoformat(),
+            "carrier_done_at": report.carrier_done_at,
             "fields": report.fields,
             "query": report.query,
             "idempotency_token": report.idempotency_token,
             "message_id": report.message_id and str(report.message_id),
         })  # fmt: skip
-    return [json.dumps(batch) for batch in rounds]
+    # orjson: a sixth of json.dumps' cost, which the busiest process pays for every callback.
+    return [orjson.dumps(batch).decode() for batch in rounds]
 
 
 async def record_reports(connection: asyncpg.Connection, reports: Sequence[StatusReport]) -> None:

@@ -81,7 +81,13 @@ class Settings(BaseSettings):
         validation_alias="STATUS_TRACKER_INGEST_MAX_PENDING",
         description="Callbacks waiting for the database, past which new ones get 503 at once.",
     )
-    ingest_flushers: int = Field(default=4, ge=1, validation_alias="STATUS_TRACKER_INGEST_FLUSHERS")
+    ingest_flushers: int = Field(
+        default=1,
+        ge=1,
+        validation_alias="STATUS_TRACKER_INGEST_FLUSHERS",
+        description="Batches a worker commits at once. One is enough: while it commits, the next "
+        "batch grows. More let smaller batches overlap, which pays only when the database is far.",
+    )
     stale_after: timedelta = Field(
         default=timedelta(hours=12),
         validation_alias="STATUS_TRACKER_STALE_AFTER",
