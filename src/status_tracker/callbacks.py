@@ -49,7 +49,9 @@ class Form:
             for part in parts:
                 if part:
                     name, _, value = part.partition("=")
-                    pairs.append((_form_decode(name), _form_decode(value)))
+                    if "%" in part or "+" in part:
+                        name, value = _form_decode(name), _form_decode(value)
+                    pairs.append((name, value))
         # PostgreSQL text cannot hold NUL, and Twilio never sends it.
         if ("\x00" in text or "%00" in text) and any(
             "\x00" in name or "\x00" in value for name, value in pairs
@@ -79,12 +81,10 @@ class Form:
 
 
 def _form_decode(text: str) -> str:
-    if "%" in text or "+" in text:
-        try:
-            return unquote(text.replace("+", " "), errors="strict")
-        except UnicodeDecodeError as error:
-            raise MalformedForm(str(error)) from error
-    return text
+    try:
+        return unquote(text.replace("+", " "), errors="strict")
+    except UnicodeDecodeError as error:
+        raise MalformedForm(str(error)) from error
 
 
 class StatusCallback(BaseModel):
