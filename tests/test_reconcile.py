@@ -2,6 +2,7 @@
 
 import asyncio
 import random
+import re
 import subprocess
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -12,8 +13,9 @@ import pytest
 from pydantic import SecretStr
 
 from status_tracker.database import create_pool
+from status_tracker.precedence import FINAL_STATUSES
 from status_tracker.reconcile import PassNotDue, PassRunning, run_pass
-from status_tracker.repository import RECONCILE_LOCK
+from status_tracker.repository import RECONCILE_LOCK, STALE_MESSAGES
 from status_tracker.settings import Settings
 from status_tracker.twilio_api import TwilioApi
 from tests.conftest import ENV_PREFIXES, Server, Simulator, sending_environment
@@ -335,3 +337,21 @@ async def test_stale_messages_are_polled_for_a_week_then_left_alone(
         )
     report = await run_pass(pool, twilio, pass_settings, **around_now())
     assert [(d.kind, d.sid) for d in report.unresolved] == [("not_at_twilio", "SM" + "1" * 32)]
+
+
+async def test_the_stale_query_and_its_index_know_exactly_the_final_statuses(
+    db: asyncpg.Connection,
+) -> None:
+    """Both write the final statuses out; if either drifts from FINAL_STATUSES, stale messages
+    are missed or final ones polled, and if they drift apart, the query scans the table."""
+    predicate = await db.fetchval(
+        "SELECT pg_get_expr(indpred, indrelid) FROM pg_index "
+        "WHERE indexrelid = 'messages_not_final'::regclass"
+    )
+    assert set(re.findall(r"'(\w+)'", predicate)) == FINAL_STATUSES
+    assert set(re.findall(r"'(\w+)'", STALE_MESSAGES)) - {"inbound"} == FINAL_STATUSES
+    async with db.transaction():
+        await db.execute("SET LOCAL enable_seqscan = off")
+        now = datetime.now(UTC)
+        plan = await db.fetch(f"EXPLAIN {STALE_MESSAGES}", now - timedelta(days=1), now)
+    assert "messages_not_final" in "\n".join(row[0] for row in plan)
