@@ -304,3 +304,24 @@ async def test_absurd_error_code_is_kept_raw_not_refused(client, db):
     row = await db.fetchrow("SELECT status, error_code FROM messages WHERE sid = $1", sid)
     assert (row["status"], row["error_code"]) == ("failed", None)
     assert (await db.fetchval("SELECT fields FROM message_events"))["ErrorCode"] == "99999999999999"
+
+
+async def test_an_unexpected_failure_is_a_logged_500_problem_and_nothing_stored(
+    client, db, monkeypatch, caplog
+):
+    def fail(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("status_tracker.routes.webhooks.report_from_callback", fail)
+    response = await post(client, callback_fields(new_sid(), "sent"))
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json() == {
+        "type": "about:blank",
+        "title": "Internal Server Error",
+        "status": 500,
+    }
+    assert any(
+        record.exc_info and record.exc_info[1].args == ("a bug",) for record in caplog.records
+    )
+    assert await count(db) == (0, 0)

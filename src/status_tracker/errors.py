@@ -137,12 +137,14 @@ def _title(status: int) -> str:
 
 
 async def render(request: Request, exc: Exception) -> JSONResponse:
-    """The answer to a Problem or a database error, for code that runs outside the router."""
+    """The answer to any exception, for code that runs outside the router (and so outside the
+    middleware that answers what no handler takes): anything unexpected is logged, then a 500."""
     if isinstance(exc, Problem):
         return await _problem(request, exc)
     if isinstance(exc, DATABASE_ERRORS):
         return await _database(request, exc)
-    raise exc
+    log.error("unhandled error", exc_info=exc)
+    return problem_response(500, "Internal Server Error")
 
 
 def install(app: FastAPI) -> None:

@@ -1,6 +1,5 @@
 """Webhooks Twilio calls. They are authenticated by signature, not by API key."""
 
-import logging
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -12,14 +11,11 @@ from twilio.request_validator import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER
 
 from status_tracker import privacy
 from status_tracker.callbacks import Form, MalformedForm, StatusCallback, report_from_callback
-from status_tracker.database import DATABASE_ERRORS
 from status_tracker.errors import (
     BadRequest,
     Forbidden,
     PayloadTooLarge,
-    Problem,
     ServiceUnavailable,
-    problem_response,
     render,
 )
 from status_tracker.ingest import Overloaded, ReportWriter
@@ -31,7 +27,6 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 STATUS_PATH = "/webhooks/twilio/status"
 SIGNATURE_HEADER_RAW = SIGNATURE_HEADER.lower().encode()
 SIGNATURE_SETTINGS_HEADER_RAW = SIGNATURE_SETTINGS_HEADER.lower().encode()
-log = logging.getLogger(__name__)
 
 STATUS_CALLBACK_EXAMPLE = (
     "MessageSid=SM0123456789abcdef0123456789abcdef&SmsSid=SM0123456789abcdef0123456789abcdef"
@@ -178,9 +173,6 @@ async def status_callback(request: Request) -> Response:
     return Response(status_code=204)
 
 
-_RENDERED: tuple[type[Exception], ...] = (Problem, *DATABASE_ERRORS)
-
-
 async def serve_status_callback(scope: Scope, receive: Receive, send: Send) -> None:
     """`status_callback` as a bare ASGI app, which the application calls before any middleware
     or routing: on the path that carries tens of millions of callbacks a day, those cost more
@@ -190,11 +182,7 @@ async def serve_status_callback(scope: Scope, receive: Receive, send: Send) -> N
     except ClientDisconnect:
         return  # Twilio gave up on this request; it retries, and nothing was stored.
     except Exception as error:
-        if isinstance(error, _RENDERED):
-            response = await render(Request(scope, receive), error)
-        else:
-            log.exception("status callback failed")
-            response = problem_response(500, "Internal Server Error")
+        response = await render(Request(scope, receive), error)
         await response(scope, receive, send)
         return
     await send({"type": "http.response.start", "status": 204, "headers": []})
