@@ -49,13 +49,17 @@ LIFECYCLES = [
 ]
 
 
-def signed_requests(public_url: str, messages: int, seed: int = 1) -> list[tuple[str, str]]:
-    """(body, signature) pairs: realistic lifecycles, shuffled, about 10 % sent twice."""
+def signed_requests(
+    public_url: str, messages: int, seed: int = 1, numbers: int = 1
+) -> list[tuple[str, str]]:
+    """(body, signature) pairs: realistic lifecycles, shuffled, about 10 % sent twice; each
+    message to one of `numbers` recipients."""
     rng = random.Random(seed)
     validator = RequestValidator(TOKEN)
     requests = []
     for _ in range(messages):
         sid = "SM" + secrets.token_hex(16)
+        to = f"+1415{rng.randrange(numbers) if numbers > 1 else 5550100:07d}"
         for status, code in rng.choice(LIFECYCLES):
             params = {
                 "MessageSid": sid,
@@ -64,7 +68,7 @@ def signed_requests(public_url: str, messages: int, seed: int = 1) -> list[tuple
                 "SmsStatus": status,
                 "AccountSid": "AC" + "0" * 32,
                 "From": "+15005550006",
-                "To": "+14155550100",
+                "To": to,
                 "ApiVersion": "2010-04-01",
             }
             if code:
