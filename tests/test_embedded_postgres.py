@@ -7,7 +7,12 @@ import shutil
 import asyncpg
 import pytest
 
-from status_tracker.embedded_postgres import EmbeddedPostgres, EmbeddedPostgresError, find_bin_dir
+from status_tracker.embedded_postgres import (
+    EmbeddedPostgres,
+    EmbeddedPostgresError,
+    find_bin_dir,
+    sized_settings,
+)
 from tests.conftest import world_readable_tempdir
 
 
@@ -74,3 +79,38 @@ def test_as_root_the_server_runs_as_an_unprivileged_user():
 def test_missing_server_binaries_say_how_to_install_them():
     with pytest.raises(EmbeddedPostgresError, match=r"apt-get install postgresql.*DATABASE_URL"):
         find_bin_dir(path="/nonexistent", pattern="/nonexistent/*/bin/pg_ctl")
+
+
+@pytest.mark.parametrize(
+    ("memory_gib", "shared_buffers"),
+    [(0.25, "128MB"), (4, "1024MB"), (24, "6144MB"), (128, "8192MB")],
+)
+def test_shared_buffers_are_a_quarter_of_memory_within_bounds(memory_gib, shared_buffers):
+    settings = sized_settings(int(memory_gib * 2**30))
+    assert settings["shared_buffers"] == shared_buffers
+    assert settings["checkpoint_timeout"] == "15min"
+
+
+def test_the_cluster_runs_with_settings_sized_to_the_machine(postgres):
+    expected = sized_settings()
+
+    async def shown() -> dict[str, str]:
+        connection = await asyncpg.connect(postgres.dsn)
+        try:
+            return {
+                name: await connection.fetchval(f"SELECT current_setting('{name}')")
+                for name in ("shared_buffers", "max_wal_size", "checkpoint_timeout")
+            }
+        finally:
+            await connection.close()
+
+    actual = asyncio.run(shown())
+    # PostgreSQL shows sizes in its own units: compare in megabytes.
+    megabytes = {"MB": 1, "GB": 1024}
+    as_mb = {
+        name: int(value[:-2]) * megabytes[value[-2:]] if value[-2:] in megabytes else value
+        for name, value in actual.items()
+    }
+    assert as_mb["shared_buffers"] == int(expected["shared_buffers"].removesuffix("MB"))
+    assert as_mb["max_wal_size"] == 8 * 1024
+    assert actual["checkpoint_timeout"] == "15min"

@@ -35,6 +35,30 @@ class EmbeddedPostgresError(RuntimeError):
     pass
 
 
+def sized_settings(memory_bytes: int | None = None) -> dict[str, str]:
+    """Server settings for a machine of this much memory (default: this one's).
+
+    PostgreSQL's defaults (128 MB of shared buffers, a checkpoint at most every 5 minutes or
+    1 GB of WAL) suit a small shared server. With millions of messages the indexes the ingest
+    path touches outgrow 128 MB: each callback then evicts and rewrites pages, and after every
+    checkpoint the first change to a page writes the whole page to the WAL again. A quarter of
+    memory for shared buffers and checkpoints 15 minutes apart keep those pages in memory and
+    written once per checkpoint (bench/README.md has the figures). Shared memory is only taken
+    as it is used.
+    """
+    if memory_bytes is None:
+        memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    mib = memory_bytes // 2**20
+    return {
+        "shared_buffers": f"{min(max(mib // 4, 128), 8192)}MB",
+        "effective_cache_size": f"{max(mib // 2, 256)}MB",
+        "maintenance_work_mem": f"{min(max(mib // 16, 64), 1024)}MB",
+        "max_wal_size": "8GB",
+        "min_wal_size": "1GB",
+        "checkpoint_timeout": "15min",
+    }
+
+
 def find_bin_dir(
     path: str | None = None, pattern: str = "/usr/lib/postgresql/*/bin/pg_ctl"
 ) -> Path:
@@ -62,14 +86,28 @@ def _unprivileged_user() -> str | None:
     raise EmbeddedPostgresError("Running as root and no unprivileged 'postgres' user exists.")
 
 
+def wal_compression(bin_dir: Path) -> dict[str, str]:
+    """lz4 for the full-page images in the WAL, where the server was built with it: on a full
+    store they are most of the WAL a callback writes, and lz4 shrinks them at little CPU."""
+    pg_config = bin_dir / "pg_config"
+    if not pg_config.exists():
+        return {}
+    configure = subprocess.run([str(pg_config), "--configure"], capture_output=True, text=True)
+    return {"wal_compression": "lz4"} if "--with-lz4" in configure.stdout else {}
+
+
 class EmbeddedPostgres:
     def __init__(self, directory: Path, *, server_options: dict[str, str] | None = None) -> None:
         self.directory = directory.resolve()
         self.cluster = self.directory / "cluster"
         self.password_file = self.directory / "password"
-        self.server_options = server_options or {}
         self.os_user = _unprivileged_user()
         self.bin_dir = find_bin_dir()
+        self.server_options = {
+            **sized_settings(),
+            **wal_compression(self.bin_dir),
+            **(server_options or {}),
+        }
         self.started_here = False
         self.port: int | None = None
 

@@ -5,7 +5,7 @@ the web layer, the CLI, the reconciliation job and the benchmarks share them.
 """
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeAlias
 from uuid import UUID
@@ -30,15 +30,21 @@ _WINS = f"""(EXCLUDED.status_rank, EXCLUDED.status COLLATE "C",
 #
 # A message is found by SID, else by the local id the caller passes: the id in our own
 # StatusCallback URL, so a callback that outruns the send's response still lands on the attempt.
-# A message we did not send gets an id derived from its SID (md5), so that two first callbacks
-# racing for one SID agree on the row. Rows are upserted in id order: two batches sharing
-# messages lock them in the same order and cannot deadlock. A statement may not update a row
-# twice: callers give each message at most one report per statement.
+# That id only names a message that has no SID yet or the same one: a callback for another SID
+# carrying it (a copied URL) must not rewrite that message. A message we did not send gets a new
+# time-ordered id; two first callbacks racing for one SID then collide on the SID's unique key,
+# and `record_reports` runs the loser again, which finds the winner's row. Rows are upserted in
+# id order: two batches sharing messages lock them in the same order and cannot deadlock. A
+# statement may not update a row twice: callers give each message at most one report per
+# statement. A report whose idempotency token (Twilio's retry of one callback) is already in the
+# message's log is applied again, which changes nothing, but not appended twice.
 _FINAL = ", ".join(f"'{status}'" for status in sorted(FINAL_STATUSES))
 RECORD_REPORTS = f"""
 WITH incoming AS (
-    SELECT coalesce((SELECT id FROM messages WHERE sid = r.sid), r.message_id,
-                    md5(r.sid)::uuid) AS id, r.*
+    SELECT coalesce((SELECT id FROM messages WHERE sid = r.sid),
+                    (SELECT id FROM messages
+                     WHERE id = r.message_id AND (sid IS NULL OR r.sid IS NULL OR sid = r.sid)),
+                    uuid7(r.received_at)) AS id, r.*
     FROM json_to_recordset($1::json) AS r(
         sid text, account_sid text, status text, status_rank smallint, error_code integer,
         to_number text, from_number text, messaging_service_sid text, channel text,
@@ -86,7 +92,10 @@ INSERT INTO message_events (
 )
 SELECT id, status, status_rank, error_code, source, received_at, carrier_done_at,
        fields, query, idempotency_token
-FROM incoming
+FROM incoming i
+WHERE i.idempotency_token IS NULL
+   OR NOT EXISTS (SELECT 1 FROM message_events e
+                  WHERE e.message_id = i.id AND e.idempotency_token = i.idempotency_token)
 """
 
 
@@ -122,20 +131,37 @@ def _record_reports_rounds(reports: Sequence[StatusReport]) -> list[str]:
     return [orjson.dumps(batch).decode() for batch in rounds]
 
 
+# How often a statement that lost a race for a new SID runs again (it then finds the winner's
+# row, so once is enough but for a third writer).
+_SID_RACE_ATTEMPTS = 3
+
+
+def _lost_sid_race(error: asyncpg.UniqueViolationError) -> bool:
+    constraint: str | None = error.constraint_name
+    return constraint == "messages_sid_key"
+
+
 async def record_reports(connection: asyncpg.Connection, reports: Sequence[StatusReport]) -> None:
     """Store reports in one transaction: each is appended to the event log and applied to its
     message's status by the precedence rule, whatever their order."""
     rounds = _record_reports_rounds(reports)
-    if len(rounds) == 1:
-        await connection.execute(RECORD_REPORTS, rounds[0])
-        return
-    async with connection.transaction():
-        for batch in rounds:
-            await connection.execute(RECORD_REPORTS, batch)
+    for attempt in range(_SID_RACE_ATTEMPTS):
+        try:
+            if len(rounds) == 1:
+                await connection.execute(RECORD_REPORTS, rounds[0])
+                return
+            async with connection.transaction():
+                for batch in rounds:
+                    await connection.execute(RECORD_REPORTS, batch)
+            return
+        except asyncpg.UniqueViolationError as error:
+            if not _lost_sid_race(error) or attempt == _SID_RACE_ATTEMPTS - 1:
+                raise
 
 
 async def record_report(db: Executor, report: StatusReport) -> None:
-    """Store one report: append it to the event log and apply it to the message's status."""
+    """Store one report: append it to the event log and apply it to the message's status.
+    Within a caller's transaction: a lost race for a new SID fails the transaction."""
     await db.execute(RECORD_REPORTS, *_record_reports_rounds([report]))
 
 
@@ -198,7 +224,7 @@ async def record_attempt(
                 $1, $19, 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
                 $13, $14, $15, $16, 'pending', $17, $17, $20
             )
-            ON CONFLICT (idempotency_key) DO NOTHING
+            ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING id
         )
         INSERT INTO message_events (message_id, status, status_rank, source, received_at, fields)
@@ -232,22 +258,29 @@ async def record_attempt(
 async def record_send_result(
     connection: asyncpg.Connection, report: StatusReport, outcome: str
 ) -> None:
-    """Apply what Twilio answered to a send (or that it did not), in one transaction."""
-    async with connection.transaction():
-        if report.sid is not None:
-            await _merge_early_record(connection, report.sid, report.message_id)
-        await record_report(connection, report)
-        # "unknown" never overrides what a callback already proved: that Twilio took it.
-        await connection.execute(
-            """
-            UPDATE messages
-            SET send_outcome = CASE WHEN $2 = 'unknown' AND sid IS NOT NULL
-                                    THEN 'accepted' ELSE $2 END
-            WHERE id = $1
-            """,
-            report.message_id,
-            outcome,
-        )
+    """Apply what Twilio answered to a send (or that it did not), in one transaction. A callback
+    that creates a record of the SID meanwhile makes it run again, to merge that record."""
+    for attempt in range(_SID_RACE_ATTEMPTS):
+        try:
+            async with connection.transaction():
+                if report.sid is not None:
+                    await _merge_early_record(connection, report.sid, report.message_id)
+                await record_report(connection, report)
+                # "unknown" never overrides what a callback already proved: that Twilio took it.
+                await connection.execute(
+                    """
+                    UPDATE messages
+                    SET send_outcome = CASE WHEN $2 = 'unknown' AND sid IS NOT NULL
+                                            THEN 'accepted' ELSE $2 END
+                    WHERE id = $1
+                    """,
+                    report.message_id,
+                    outcome,
+                )
+            return
+        except asyncpg.UniqueViolationError as error:
+            if not _lost_sid_race(error) or attempt == _SID_RACE_ATTEMPTS - 1:
+                raise
 
 
 async def _merge_early_record(
@@ -493,9 +526,9 @@ async def record_inbound(
                 messaging_service_sid, channel, body, media_urls, created_at, updated_at,
                 final_at
             )
-            VALUES (md5($1)::uuid, $1, $2, 'inbound', $3, $4, $5, $6, $7, $8, $9, $10, $11, $11,
+            VALUES (uuid7($11), $1, $2, 'inbound', $3, $4, $5, $6, $7, $8, $9, $10, $11, $11,
                     $11)
-            ON CONFLICT (id) DO UPDATE SET updated_at = greatest(m.updated_at, EXCLUDED.updated_at)
+            ON CONFLICT (sid) DO UPDATE SET updated_at = greatest(m.updated_at, EXCLUDED.updated_at)
             RETURNING m.id, (xmax = 0) AS inserted
         ), event AS (
             INSERT INTO message_events (message_id, status, status_rank, source, received_at,
@@ -585,9 +618,12 @@ class MessageFilter:
             args.append(value)
             conditions.append(sql.format(f"${len(args)}"))
 
-        if self.statuses:
-            condition("status = ANY({}::text[])", list(self.statuses))
+        # One status at a time (see list_messages): `status = ANY(...)` would not read the
+        # status index in its order.
+        if len(self.statuses) > 1:
+            raise ValueError("MessageFilter.where takes at most one status")
         for sql, value in (
+            ("status = {}", self.statuses[0] if self.statuses else None),
             ("direction = {}", self.direction),
             ("to_number = {}", self.to),
             ("from_number = {}", self.from_),
@@ -607,18 +643,28 @@ async def list_messages(
     limit: int,
     after: tuple[datetime, UUID] | None = None,
 ) -> list[asyncpg.Record]:
-    """Newest first; `after` is the (created_at, id) of the last row of the previous page."""
-    args: list[Any] = []
-    where = filters.where(args)
+    """Newest first; `after` is the (created_at, id) of the last row of the previous page.
+
+    Each status asked for is read as its own range of the status index, newest first, and the
+    ranges are merged: one condition `status = ANY(...)` makes PostgreSQL (before 17) read every
+    match of the whole store and sort them, hundreds of milliseconds on a full store."""
+    args: list[Any] = [limit]
+    keyset = ""
     if after is not None:
         args.extend(after)
-        where += f" AND (created_at, id) < (${len(args) - 1}, ${len(args)})"
-    args.append(limit)
-    records: list[asyncpg.Record] = await db.fetch(
-        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE {where} "
-        f"ORDER BY created_at DESC, id DESC LIMIT ${len(args)}",
-        *args,
-    )
+        keyset = " AND (created_at, id) < ($2, $3)"
+    one_status_each: list[tuple[str, ...]] = [(s,) for s in dict.fromkeys(filters.statuses)]
+    ranges = [
+        f"SELECT {MESSAGE_COLUMNS} FROM messages "
+        f"WHERE {replace(filters, statuses=statuses).where(args)}{keyset} "
+        "ORDER BY created_at DESC, id DESC LIMIT $1"
+        for statuses in one_status_each or [()]
+    ]
+    query = ranges[0] if len(ranges) == 1 else (
+        " UNION ALL ".join(f"({part})" for part in ranges)
+        + " ORDER BY created_at DESC, id DESC LIMIT $1"
+    )  # fmt: skip
+    records: list[asyncpg.Record] = await db.fetch(query, *args)
     return records
 
 

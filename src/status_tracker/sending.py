@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlencode
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
 import httpx
@@ -20,6 +20,7 @@ from twilio.base.exceptions import TwilioRestException
 
 from status_tracker import privacy, repository
 from status_tracker.callbacks import StatusReport, channel_of
+from status_tracker.ids import uuid7
 from status_tracker.models import SendMessage
 from status_tracker.settings import Settings
 from status_tracker.twilio_api import TwilioApi
@@ -110,10 +111,10 @@ async def send(
     request: SendMessage,
     idempotency_key: str | None,
 ) -> SendResult:
-    message_id = uuid4()
+    now = datetime.now(UTC)
+    message_id = uuid7(now)
     params = twilio_params(request, settings, message_id)
     fingerprint = request_hash(request)
-    now = datetime.now(UTC)
     async with pool.acquire(timeout=settings.db_timeout_seconds) as connection:
         recorded = await repository.record_attempt(
             connection,

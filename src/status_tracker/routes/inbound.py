@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime
 from string import Template
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,6 +11,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 from status_tracker import privacy, repository
 from status_tracker.callbacks import MESSAGE_SID_PATTERN, StatusReport, channel_of
 from status_tracker.deps import PoolDep, SettingsDep, VerifierDep
+from status_tracker.ids import uuid7
 from status_tracker.routes.webhooks import form_request_body, parse_form_model, verified_form
 from status_tracker.sending import status_callback_url
 from status_tracker.settings import Settings
@@ -136,7 +137,7 @@ async def _record_reply(
     channel: str,
     at: datetime,
 ) -> UUID:
-    reply_id = uuid4()
+    reply_id = uuid7(at)
     await repository.record_attempt(
         connection,
         message_id=reply_id,
