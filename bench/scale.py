@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -365,12 +366,7 @@ async def wal_and_events(dsn: str) -> dict[str, int]:
     return dict(row)
 
 
-def measure(args: argparse.Namespace, name: str, dsn: str, directory: Path) -> dict[str, object]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    requests = signed_requests(url, args.callback_messages, seed=1 + len(name), numbers=NUMBERS)
-    replay = signed_requests(url, 5_000, seed=99 + len(name), numbers=NUMBERS)
-    script = wrk_script(requests, directory)
+def start_service(dsn: str, url: str, directory: Path) -> subprocess.Popen[bytes]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -385,23 +381,70 @@ def measure(args: argparse.Namespace, name: str, dsn: str, directory: Path) -> d
         "STATUS_TRACKER_LOG_LEVEL": "WARNING",
         "STATUS_TRACKER_RECONCILE_INTERVAL": "0",
     })  # fmt: skip
-    command = ["status-tracker", "serve", "--port", str(port), "--workers", "1"]
-    server = start_server(command, env, url, "/readyz")
+    port = url.rsplit(":", 1)[1]
+    command = ["status-tracker", "serve", "--port", port, "--workers", "1"]
+    return start_server(command, env, url, "/readyz")
+
+
+def closed_loop_round(
+    args: argparse.Namespace, dsn: str, url: str, script: Path, pid: int
+) -> dict[str, float]:
+    """One closed loop of fresh callbacks, with the WAL it wrote per callback."""
+    before = asyncio.run(wal_and_events(dsn))
+    result = closed_loop_with_memory(url, script, args.duration, args.concurrency, pid)
+    after = asyncio.run(wal_and_events(dsn))
+    events = max(1, after["events"] - before["events"])
+    result["wal_kib_per_callback"] = (after["bytes"] - before["bytes"]) / events / 1024
+    result["fpi_per_callback"] = (after["fpi"] - before["fpi"]) / events
+    return result
+
+
+def measure(args: argparse.Namespace, dsn_of: dict[str, str], directory: Path) -> list[dict]:
+    """Both services run side by side; their closed loops alternate, `--rounds` times, so that
+    a machine that gets busier or quieter during the run weighs on both alike."""
+    urls = {name: f"http://127.0.0.1:{free_port()}" for name in dsn_of}
+    for name in dsn_of:
+        for round_ in range(args.rounds):
+            (directory / f"{name}-{round_}").mkdir()
+    scripts = {
+        (name, round_): wrk_script(
+            signed_requests(urls[name], args.callback_messages, seed=round_, numbers=NUMBERS),
+            directory / f"{name}-{round_}",
+        )
+        for round_ in range(args.rounds)
+        for name in dsn_of
+    }
+    servers = {}
     try:
-        wal_before = asyncio.run(wal_and_events(dsn))
-        closed = closed_loop_with_memory(url, script, args.duration, args.concurrency, server.pid)
-        wal_after = asyncio.run(wal_and_events(dsn))
-        events = wal_after["events"] - wal_before["events"]
-        closed["wal_kib_per_callback"] = (wal_after["bytes"] - wal_before["bytes"]) / events / 1024
-        closed["fpi_per_callback"] = (wal_after["fpi"] - wal_before["fpi"]) / events
-        opened = asyncio.run(open_loop(url, requests, args.rate, args.duration))
-        replayed = asyncio.run(replay_and_check(url, dsn, replay))
-        queries = asyncio.run(query_latencies(url, dsn))
-        peak = rss_mib(server.pid, "VmHWM")
+        for name, dsn in dsn_of.items():
+            servers[name] = start_service(dsn, urls[name], directory / name)
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in dsn_of}
+        for round_ in range(args.rounds):
+            for name, dsn in dsn_of.items():
+                result = closed_loop_round(
+                    args, dsn, urls[name], scripts[name, round_], servers[name].pid
+                )
+                rounds[name].append(result)
+                print(f"  round {round_ + 1}, {name}: {result['per_second']:,.0f} cb/s, "
+                      f"p99 {result['p99_ms']:.1f} ms", flush=True)  # fmt: skip
+        results = []
+        for name, dsn in dsn_of.items():
+            url = urls[name]
+            replay = signed_requests(url, 5_000, seed=99, numbers=NUMBERS)
+            ranked = sorted(rounds[name], key=lambda r: r["per_second"])
+            results.append({
+                "store": name,
+                "closed": ranked[len(ranked) // 2],  # the median round
+                "rounds": [r["per_second"] for r in rounds[name]],
+                "open": asyncio.run(open_loop(url, replay, args.rate, args.duration)),
+                "replay": asyncio.run(replay_and_check(url, dsn, replay)),
+                "queries": asyncio.run(query_latencies(url, dsn)),
+                "peak_rss_mib": round(rss_mib(servers[name].pid, "VmHWM"), 1),
+            })  # fmt: skip
     finally:
-        stop_server(server)
-    return {"store": name, "closed": closed, "open": opened, "replay": replayed,
-            "queries": queries, "peak_rss_mib": round(peak, 1)}  # fmt: skip
+        for server in servers.values():
+            stop_server(server)
+    return results
 
 
 def report(results: list[dict[str, object]]) -> None:
@@ -415,7 +458,10 @@ def report(results: list[dict[str, object]]) -> None:
     oe, ol = empty["open"], loaded["open"]
     assert isinstance(ce, dict) and isinstance(cl, dict)
     assert isinstance(oe, dict) and isinstance(ol, dict)
-    row("ingest, closed loop (cb/s)", f"{ce['per_second']:,.0f}", f"{cl['per_second']:,.0f}")
+    row("ingest, closed loop (cb/s), median", f"{ce['per_second']:,.0f}",
+        f"{cl['per_second']:,.0f}")  # fmt: skip
+    row("  every round", *(" ".join(f"{x / 1000:.1f}k" for x in r["rounds"])  # type: ignore[attr-defined]
+                           for r in results))  # fmt: skip
     row("  ratio loaded/empty", "", f"{cl['per_second'] / ce['per_second']:.2f}")
     row("  p50 / p99 (ms)", f"{ce['p50_ms']:.1f} / {ce['p99_ms']:.1f}",
         f"{cl['p50_ms']:.1f} / {cl['p99_ms']:.1f}")  # fmt: skip
@@ -452,8 +498,10 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=15, help="seconds per load")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rate", type=int, default=1000, help="open-loop callbacks per second")
-    parser.add_argument("--callback-messages", type=int, default=25_000,
-                        help="fresh message SIDs in the ingest load")  # fmt: skip
+    parser.add_argument("--callback-messages", type=int, default=60_000,
+                        help="fresh message SIDs in each closed loop")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="closed loops per store, alternating; median shown")  # fmt: skip
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench/scale.py needs wrk: apt-get install wrk")
@@ -470,7 +518,7 @@ def main() -> None:
         load_seconds = asyncio.run(prepare(admin_dsn, dsn_of, args.messages, args.reload))
         if load_seconds:
             print(f"loaded in {load_seconds:.0f} s")
-        results = [measure(args, name, dsn_of[name], directory) for name in (EMPTY, LOADED)]
+        results = measure(args, dsn_of, directory)
         report(results)
     finally:
         cluster.stop()
