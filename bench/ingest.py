@@ -82,17 +82,25 @@ def signed_requests(
 
 
 def wrk_script(requests: list[tuple[str, str]], directory: Path) -> Path:
+    """A wrk script that cycles through `requests`, read from a file beside it (a Lua chunk
+    holds at most 65,536 constants, so they cannot be written into the script itself)."""
+    data = directory / "callbacks.tsv"
+    data.write_text("".join(f"{body}\t{signature}\n" for body, signature in requests))
     script = directory / "callbacks.lua"
-    with script.open("w") as lua:
-        lua.write("local requests = {\n")
-        for body, signature in requests:
-            lua.write(f"{{{json.dumps(body)}, {json.dumps(signature)}}},\n")
-        lua.write("}\nlocal i = 0\nrequest = function()\n  i = (i % #requests) + 1\n")
-        lua.write(
-            f'  return wrk.format("POST", "{PATH}", {{["Content-Type"] = '
-            '"application/x-www-form-urlencoded", ["X-Twilio-Signature"] = '
-            "requests[i][2]}, requests[i][1])\nend\n"
-        )
+    script.write_text(
+        "local requests = {}\n"
+        f"for line in io.lines({json.dumps(str(data))}) do\n"
+        '  local body, signature = line:match("([^\\t]*)\\t(.*)")\n'
+        "  requests[#requests + 1] = {body, signature}\n"
+        "end\n"
+        "local i = 0\n"
+        "request = function()\n"
+        "  i = (i % #requests) + 1\n"
+        f'  return wrk.format("POST", "{PATH}", {{["Content-Type"] = '
+        '"application/x-www-form-urlencoded", ["X-Twilio-Signature"] = '
+        "requests[i][2]}, requests[i][1])\n"
+        "end\n"
+    )
     return script
 
 
