@@ -59,12 +59,18 @@ UPGRADE = (
     """,
     """
     CREATE FUNCTION message_events_have_messages() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        event_message uuid;
     BEGIN
-        IF EXISTS (SELECT 1 FROM appended a
-                   WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = a.message_id)) THEN
-            RAISE EXCEPTION 'an event can only be appended to a message that exists'
-                USING ERRCODE = 'foreign_key_violation';
-        END IF;
+        -- One primary-key probe per event, rather than one join: the plan of a join is kept
+        -- for the session, and one chosen while the table was small would scan all of it
+        -- once it is large.
+        FOR event_message IN SELECT message_id FROM appended LOOP
+            IF NOT EXISTS (SELECT 1 FROM messages WHERE id = event_message) THEN
+                RAISE EXCEPTION 'an event can only be appended to a message that exists'
+                    USING ERRCODE = 'foreign_key_violation';
+            END IF;
+        END LOOP;
         RETURN NULL;
     END
     $$
