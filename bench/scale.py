@@ -458,7 +458,7 @@ def measure(args: argparse.Namespace, dsn_of: dict[str, str], directory: Path) -
             results.append({
                 "store": name,
                 "closed": ranked[len(ranked) // 2],  # the median round
-                "rounds": [r["per_second"] for r in rounds[name]],
+                "rounds": rounds[name],
                 "open": asyncio.run(open_loop(url, replay, args.rate, args.duration)),
                 "replay": asyncio.run(replay_and_check(url, dsn, replay)),
                 "queries": asyncio.run(query_latencies(url, dsn)),
@@ -483,8 +483,11 @@ def report(results: list[dict[str, object]]) -> None:
     assert isinstance(oe, dict) and isinstance(ol, dict)
     row("ingest, closed loop (cb/s), median", f"{ce['per_second']:,.0f}",
         f"{cl['per_second']:,.0f}")  # fmt: skip
-    row("  every round", *(" ".join(f"{x / 1000:.1f}k" for x in r["rounds"])  # type: ignore[attr-defined]
+    row("  every round", *(" ".join(f"{x['per_second'] / 1000:.1f}k" for x in r["rounds"])  # type: ignore[attr-defined]
                            for r in results))  # fmt: skip
+    row("  full-page images per cb, by round",
+        *(" ".join(f"{x['fpi_per_callback']:.2f}" for x in r["rounds"])  # type: ignore[attr-defined]
+          for r in results))  # fmt: skip
     row("  ratio loaded/empty", "", f"{cl['per_second'] / ce['per_second']:.2f}")
     row("  p50 / p99 (ms)", f"{ce['p50_ms']:.1f} / {ce['p99_ms']:.1f}",
         f"{cl['p50_ms']:.1f} / {cl['p99_ms']:.1f}")  # fmt: skip
