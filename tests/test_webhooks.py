@@ -306,6 +306,19 @@ async def test_absurd_error_code_is_kept_raw_not_refused(client, db):
     assert (await db.fetchval("SELECT fields FROM message_events"))["ErrorCode"] == "99999999999999"
 
 
+@pytest.mark.parametrize(
+    "raw",
+    ["³", "①", "٣٠٠٠٣", "30003" + "0" * 5000, "0" * 20 + "30003"],
+    ids=["superscript", "circled", "arabic-indic", "5005-digits", "25-digits"],
+)
+async def test_error_code_of_anything_but_a_few_ascii_digits_is_kept_raw(client, db, raw):
+    sid = new_sid()
+    assert (await post(client, callback_fields(sid, "failed", ErrorCode=raw))).status_code == 204
+    row = await db.fetchrow("SELECT status, error_code FROM messages WHERE sid = $1", sid)
+    assert (row["status"], row["error_code"]) == ("failed", None)
+    assert (await db.fetchval("SELECT fields FROM message_events"))["ErrorCode"] == raw
+
+
 async def test_an_unexpected_failure_is_a_logged_500_problem_and_nothing_stored(
     client, db, monkeypatch, caplog
 ):
