@@ -191,6 +191,21 @@ async def test_export_csv_and_jsonl_agree_and_cells_are_safe(client, db):
     assert events == ""  # seeded rows have no events
 
 
+async def test_export_neutralises_every_cell_a_spreadsheet_could_run(client, db):
+    starts = ["=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20"]
+    await seed(db, len(starts))
+    await db.execute(
+        "UPDATE messages SET reference = ($1::text[])[n] FROM "
+        "(SELECT id, row_number() OVER (ORDER BY created_at) AS n FROM messages) AS ranked "
+        "WHERE messages.id = ranked.id",
+        [start + "1+1" for start in starts],
+    )
+    params = {"since": (NOW - timedelta(days=1)).isoformat(), "until": NOW.isoformat()}
+    as_csv = (await client.get("/v1/export", params=params)).content.decode("utf-8-sig")
+    references = [row["reference"] for row in csv.DictReader(io.StringIO(as_csv, newline=""))]
+    assert sorted(references) == sorted("'" + start + "1+1" for start in starts)
+
+
 async def test_many_requests_at_once_keep_pages_consistent(client, db):
     await seed(db, 3_000)
     pages = await asyncio.gather(

@@ -189,10 +189,15 @@ def _export_row(record: Any, events: bool) -> dict[str, Any]:
     return row
 
 
+# What a spreadsheet may read as the start of a formula (OWASP's CSV injection list), and the
+# full-width forms some spreadsheets fold into them.
+FORMULA_STARTS = frozenset("=+-@\t\r\uff1d\uff0b\uff0d\uff20")  # full-width = + - @
+
+
 def _cell(value: Any) -> str:
     text = "" if value is None else value.isoformat() if isinstance(value, datetime) else str(value)
-    # A cell a spreadsheet would run as a formula (=, +, -, @) is kept as text.
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+    # A cell a spreadsheet would run as a formula is kept as text.
+    return "'" + text if text[:1] in FORMULA_STARTS else text
 
 
 @router.get(
@@ -217,7 +222,8 @@ async def export(
 ) -> StreamingResponse:
     """For record keeping: messages created in [since, until), oldest first, with their final
     status, error code and event count. Streamed in constant memory. In CSV, a cell starting
-    with `=`, `+`, `-` or `@` (phone numbers included) is prefixed with `'` so that spreadsheets
+    with `=`, `+`, `-`, `@`, a tab, a carriage return or a full-width = + - @ (phone numbers
+    included) is prefixed with `'` so that spreadsheets
     show it as text; the file starts with a UTF-8 byte order mark."""
     since, until = window(since, until)
     events = include == "events"
