@@ -8,6 +8,7 @@ import statistics
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 
 from tests.conftest import Server
 from tests.support import API_KEY
@@ -96,6 +97,29 @@ async def test_bad_cursor_and_limits_are_problems(client):
     assert (await client.get("/v1/messages", params={"limit": 1001})).status_code == 422
     response = await client.get("/v1/messages", params={"error_code": "x"})
     assert response.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize("path", ["/v1/stats", "/v1/export", "/v1/messages"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"until": "0001-01-01T00:00:00Z"},
+        {"since": "0001-01-01T00:00:00+14:00"},
+        {"since": "2026-11-24T00:00:00Z", "until": "9999-12-31T23:59:59-14:00"},
+    ],
+    ids=["default-since-before-year-1", "since-before-year-1-in-utc", "until-after-9999-in-utc"],
+)
+async def test_out_of_range_times_are_a_422_problem_before_anything_is_streamed(
+    client, path, params
+):
+    response = await client.get(path, params=params)
+    if path == "/v1/messages" and "since" not in params:
+        # A list has no default window: year 1 itself is a fine upper bound.
+        assert response.status_code == 200
+        return
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"][0]["field"] in ("query.since", "query.until")
 
 
 async def test_stats_match_an_independent_count(client, db):

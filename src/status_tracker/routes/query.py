@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from status_tracker import privacy, repository
 from status_tracker.deps import ConnectionDep, PoolDep, SettingsDep, require_api_key
 from status_tracker.error_codes import describe
-from status_tracker.errors import BadRequest, NotFound
+from status_tracker.errors import BadRequest, NotFound, Unprocessable
 from status_tracker.models import Event, MessagePage, summary_view, timeline
 from status_tracker.precedence import FINAL_STATUSES
 
@@ -39,12 +39,32 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         raise BadRequest("The cursor is not one this API gave out.") from error
 
 
+def out_of_range(name: str) -> Unprocessable:
+    message = "out of range: give a time between years 1 and 9999 in UTC"
+    field = f"query.{name}"
+    return Unprocessable(f"{field}: {message}", errors=[{"field": field, "message": message}])
+
+
+def in_utc(name: str, value: datetime | None) -> datetime | None:
+    """`value` in UTC, or 422 if it falls outside what Python (and so the driver) can hold."""
+    if value is None or value.tzinfo is None:
+        return value
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as error:
+        raise out_of_range(name) from error
+
+
 def window(since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
-    """The time window asked for; by default the last 24 hours."""
-    until = until or datetime.now(UTC)
-    since = since or until - timedelta(days=1)
-    if since.tzinfo is None or until.tzinfo is None:
+    """The time window asked for; by default the last 24 hours. Checked whole before anything
+    is read or streamed, so that a bad one is a problem answer, never a cut-off download."""
+    if (since is not None and since.tzinfo is None) or (until is not None and until.tzinfo is None):
         raise BadRequest("Give since and until with a time zone, e.g. 2026-11-24T00:00:00Z.")
+    until = in_utc("until", until) or datetime.now(UTC)
+    try:
+        since = in_utc("since", since) or until - timedelta(days=1)
+    except OverflowError as error:  # the default since, a day before until
+        raise out_of_range("until") from error
     if since >= until:
         raise BadRequest("since must be before until.")
     return since, until
@@ -78,8 +98,8 @@ async def list_messages(
         to=privacy.redact_number(to, settings),
         from_=privacy.redact_number(from_, settings),
         error_code=error_code,
-        since=since,
-        until=until,
+        since=in_utc("since", since),
+        until=in_utc("until", until),
         reference=reference,
     )
     after = decode_cursor(cursor) if cursor else None
