@@ -56,6 +56,7 @@ TWIML_EXAMPLE = (
         },
         400: {"description": "No MessageSid, From or To (problem+json)"},
         403: {"description": "Missing or wrong X-Twilio-Signature (problem+json)"},
+        408: {"description": "Body too slow to arrive (problem+json)"},
         413: {"description": "Body too large (problem+json)"},
         503: {"description": "Database unavailable: not stored (problem+json)"},
     },
