@@ -4,14 +4,18 @@ import asyncio
 import csv
 import io
 import json
+import socket
 import statistics
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 
 from tests.conftest import Server
-from tests.support import API_KEY
+from tests.support import API_KEY, AUTH_TOKEN, callback_fields, new_sid, signed
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 STATUSES = ["delivered", "undelivered", "failed", "sent", "read"]
 
@@ -236,3 +240,74 @@ async def test_many_requests_at_once_keep_pages_consistent(client, db):
         *(client.get("/v1/messages", params={"limit": 1000}) for _ in range(5))
     )
     assert len({tuple(m["id"] for m in p.json()["messages"]) for p in pages}) == 1
+
+
+def stalled_export(port: int, query: str) -> socket.socket:
+    """An export asked for by a client that then reads nothing (its receive window stays tiny)."""
+    connection = socket.socket()
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    connection.connect(("127.0.0.1", port))
+    connection.sendall(
+        f"GET /v1/export?{query} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\r\n".encode()
+    )
+    return connection
+
+
+def has_final_chunk(answer: bytes) -> bool:
+    """Whether a chunked HTTP response ends as a complete one does, with a zero-size chunk."""
+    rest = answer.split(b"\r\n\r\n", 1)[1]
+    while b"\r\n" in rest:
+        size_line, rest = rest.split(b"\r\n", 1)
+        size = int(size_line, 16)
+        if size == 0:
+            return True
+        rest = rest[size + 2 :]
+    return False
+
+
+def read_to_end(connection: socket.socket) -> bytes:
+    connection.settimeout(30)
+    answer = b""
+    while chunk := connection.recv(1 << 20):
+        answer += chunk
+    connection.close()
+    return answer
+
+
+async def test_stalled_exports_starve_neither_ingest_nor_the_api_and_are_aborted(
+    database_url: str, tmp_path, db
+):
+    await seed(db, 40_000)  # some 8 MB of CSV: more than the socket buffers hold
+    environment = {
+        "DATABASE_URL": database_url,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "STATUS_TRACKER_API_KEYS": API_KEY,
+        "STATUS_TRACKER_DATA_DIR": str(tmp_path / "data"),
+        "DB_POOL_MAX_SIZE": "4",
+        "STATUS_TRACKER_EXPORT_STALL_TIMEOUT": "3",
+    }
+    query = urlencode({"since": (NOW - timedelta(days=40)).isoformat(), "until": NOW.isoformat()})
+    with Server(environment, tmp_path) as server:
+        stalled = [stalled_export(server.port, query) for _ in range(4)]
+        await asyncio.sleep(1)
+        async with httpx.AsyncClient(base_url=server.url, headers=AUTH) as client:
+            target, body, headers = signed(
+                callback_fields(new_sid(), "sent"), public_url=server.url
+            )
+            assert (await client.post(target, content=body, headers=headers)).status_code == 204
+            assert (await client.get("/readyz")).status_code == 200
+            assert (await client.get("/v1/messages", params={"limit": 1})).status_code == 200
+        idle = "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND datname = current_database()"
+        assert await db.fetchval(idle) == 2  # half the pool, no more
+        await asyncio.sleep(3 + 1.5)  # the stall timeout, and some
+        assert await db.fetchval(idle) == 0
+        answers = [read_to_end(connection) for connection in stalled]
+        server.stop()
+    assert (
+        sorted(answer[:12] for answer in answers) == [b"HTTP/1.1 200"] * 2 + [b"HTTP/1.1 503"] * 2
+    )
+    for answer in answers:
+        if answer.startswith(b"HTTP/1.1 200"):
+            assert not has_final_chunk(answer)  # aborted, and a client can tell
+            assert len(answer) < 7_000_000
+    assert "export aborted: the client stopped reading" in server.log.read_text()

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     db_timeout_seconds: float = Field(
         default=5.0, gt=0, validation_alias="STATUS_TRACKER_DB_TIMEOUT"
     )
+    export_stall_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias="STATUS_TRACKER_EXPORT_STALL_TIMEOUT",
+        description="Seconds an export waits for a client that stopped reading before aborting.",
+    )
     ingest_max_batch: int = Field(
         default=256, ge=1, validation_alias="STATUS_TRACKER_INGEST_MAX_BATCH"
     )

@@ -1,10 +1,12 @@
 """Reading many messages: a filtered list, one timeline, statistics, and a streamed export."""
 
+import asyncio
 import base64
 import csv
 import io
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -12,14 +14,16 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.types import Message, Receive, Scope, Send
 
 from status_tracker import privacy, repository
-from status_tracker.deps import ConnectionDep, PoolDep, SettingsDep, require_api_key
+from status_tracker.deps import ConnectionDep, ExportsDep, PoolDep, SettingsDep, require_api_key
 from status_tracker.error_codes import describe
-from status_tracker.errors import BadRequest, NotFound, Unprocessable
+from status_tracker.errors import BadRequest, NotFound, ServiceUnavailable, Unprocessable
 from status_tracker.models import Event, MessagePage, summary_view, timeline
 from status_tracker.precedence import FINAL_STATUSES
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["query"], dependencies=[Depends(require_api_key)])
 
 AUTH: dict[int | str, dict[str, Any]] = {
@@ -228,10 +232,13 @@ def _cell(value: Any) -> str:
         **AUTH,
         200: {"content": {"text/csv": {}, "application/x-ndjson": {}}},
         400: {"description": "Invalid window (problem+json)"},
+        422: {"description": "A time out of range (problem+json)"},
+        503: {"description": "Too many exports running, or the database unavailable"},
     },
 )
 async def export(
     pool: PoolDep,
+    exports: ExportsDep,
     settings: SettingsDep,
     since: datetime | None = None,
     until: datetime | None = None,
@@ -249,7 +256,7 @@ async def export(
     events = include == "events"
     columns = EVENT_EXPORT_COLUMNS if events else MESSAGE_EXPORT_COLUMNS
 
-    async def lines() -> AsyncIterator[bytes]:
+    async def lines() -> AsyncGenerator[bytes, None]:
         async with pool.acquire(timeout=settings.db_timeout_seconds) as connection:
             async with connection.transaction(readonly=True):
                 if format == "csv":
@@ -270,7 +277,52 @@ async def export(
 
     media_type = "text/csv; charset=utf-8" if format == "csv" else "application/x-ndjson"
     name = f"messages-{since:%Y%m%dT%H%M%S}-{until:%Y%m%dT%H%M%S}.{format}"
-    return StreamingResponse(
-        lines(), media_type=media_type,
+    return ExportResponse(
+        lines(), exports, settings.export_stall_timeout_seconds, media_type=media_type,
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )  # fmt: skip
+
+
+class ExportStalled(Exception):
+    pass
+
+
+class ExportResponse(StreamingResponse):
+    """A streamed export that holds its database connection only while the client reads: one
+    that stops reading for `stall_timeout` seconds is aborted (the connection is closed without
+    the final chunk) and its connection goes back to the pool. At most `slots` run at once."""
+
+    def __init__(
+        self,
+        rows: AsyncGenerator[bytes, None],
+        slots: asyncio.Semaphore,
+        stall_timeout: float,
+        **options: Any,
+    ) -> None:
+        super().__init__(rows, **options)
+        self.rows = rows
+        self.slots = slots
+        self.stall_timeout = stall_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.slots.locked():
+            await self.rows.aclose()
+            raise ServiceUnavailable("As many exports as allowed are running; retry shortly.")
+        async with self.slots:
+            await super().__call__(scope, receive, send)
+
+    async def stream_response(self, send: Send) -> None:
+        async def send_or_give_up(message: Message) -> None:
+            try:
+                async with asyncio.timeout(self.stall_timeout):
+                    await send(message)
+            except TimeoutError:
+                raise ExportStalled() from None
+
+        try:
+            await super().stream_response(send_or_give_up)
+        except ExportStalled:
+            log.warning("export aborted: the client stopped reading")
+        finally:
+            # Ends the transaction and returns the connection now, not when collected.
+            await self.rows.aclose()
