@@ -1,15 +1,24 @@
 """`status-tracker serve` and `migrate` as a new user runs them."""
 
 import asyncio
+import os
 import re
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 
 from status_tracker.database import downgrade, migrate
-from tests.conftest import Server, world_readable_tempdir
+from status_tracker.embedded_postgres import EmbeddedPostgres
+from status_tracker.ports import free_port
+from tests.conftest import ENV_PREFIXES, Server, world_readable_tempdir
 from tests.support import AUTH_TOKEN, callback_fields, new_sid, signed
 
 
@@ -120,4 +129,129 @@ def test_without_twilio_credentials_it_sends_through_the_built_in_simulator():
         assert "SIMULATOR MODE" in printed
         assert code == 0
     finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
+    environment.update(env)
+    return subprocess.run(
+        ["status-tracker", *args], env=environment, cwd=cwd, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+
+
+def assert_one_line_refusal(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("status-tracker: "), result.stderr
+    for word in words:
+        assert word in last, last
+
+
+UNREACHABLE = "postgresql://someone:s3cret-pw@127.0.0.1:{port}/nowhere"
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate"])
+def test_an_unreachable_database_is_one_line_not_a_traceback(command: str, tmp_path: Path):
+    url = UNREACHABLE.format(port=free_port())
+    result = run_cli(command, env={"DATABASE_URL": url}, cwd=tmp_path)
+    assert_one_line_refusal(result, "cannot connect to the database", "DATABASE_URL")
+    assert "s3cret-pw" not in result.stderr
+
+
+def test_a_wrong_database_password_is_one_line(database_url: str, tmp_path: Path):
+    wrong = database_url.replace("@", "x@", 1)  # the password, changed
+    result = run_cli("migrate", env={"DATABASE_URL": wrong}, cwd=tmp_path)
+    assert_one_line_refusal(result, "cannot connect to the database", "password")
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate"])
+def test_an_unsupported_database_scheme_is_one_line(command: str, tmp_path: Path):
+    result = run_cli(command, env={"DATABASE_URL": "mysql://u:p@localhost/db"}, cwd=tmp_path)
+    assert_one_line_refusal(result, "postgresql://", "mysql")
+
+
+def test_a_data_directory_that_cannot_be_created_is_one_line(tmp_path: Path):
+    (tmp_path / "file").write_text("not a directory")
+    env = {"STATUS_TRACKER_DATA_DIR": str(tmp_path / "file" / "data")}
+    result = run_cli("serve", "--port", str(free_port()), env=env, cwd=tmp_path)
+    assert_one_line_refusal(result, "cannot create the data directory", "STATUS_TRACKER_DATA_DIR")
+
+
+def test_a_data_directory_others_can_write_is_refused_before_anything_starts(tmp_path: Path):
+    data_dir = tmp_path / "shared"
+    data_dir.mkdir(mode=0o777)
+    data_dir.chmod(0o777)
+    env = {"STATUS_TRACKER_DATA_DIR": str(data_dir)}
+    result = run_cli("serve", "--port", str(free_port()), env=env, cwd=tmp_path)
+    assert_one_line_refusal(result, "writable by other users")
+    assert list(data_dir.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server through runuser")
+def test_runuser_missing_is_one_line(tmp_path: Path):
+    env = {"PATH": str(Path(sys.executable).parent), "STATUS_TRACKER_DATA_DIR": str(tmp_path / "d")}
+    result = run_cli("serve", "--port", str(free_port()), env=env, cwd=tmp_path)
+    assert_one_line_refusal(result, "runuser")
+
+
+def test_a_port_in_use_is_refused_before_postgresql_starts(tmp_path: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"STATUS_TRACKER_DATA_DIR": str(tmp_path / "data")}
+        result = run_cli("serve", "--port", str(port), env=env, cwd=tmp_path)
+    assert_one_line_refusal(result, f"127.0.0.1:{port}", "--port")
+    assert not (tmp_path / "data" / "postgres").exists()
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_after_kill_9_the_simulator_exits_and_the_next_start_adopts_and_stops_the_cluster():
+    directory = world_readable_tempdir("killed-")
+    pid_file = directory / ".status-tracker" / "postgres" / "cluster" / "postmaster.pid"
+    simulators: list[int] = []
+    try:
+        first = Server({}, directory)
+        first.wait_ready()
+        simulators += children(first.process.pid)
+        assert simulators, "the simulator runs as a child of serve"
+        first.process.kill()
+        first.process.wait()  # not communicate(): a surviving simulator would hold its stdout
+        assert first.process.stdout is not None
+        first.process.stdout.close()
+        first._log_file.close()
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in simulators) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in simulators), "the simulator outlived serve"
+        assert pid_file.exists()  # PostgreSQL cannot know: it is still running
+
+        with Server({}, directory) as second:
+            code, _ = second.stop()
+        assert code == 0
+        assert not pid_file.exists(), "the adopted cluster was left running"
+    finally:
+        for pid in filter(alive, simulators):
+            os.kill(pid, signal.SIGKILL)
+        if pid_file.exists():
+            leftover = EmbeddedPostgres(directory / ".status-tracker" / "postgres")
+            leftover.started_here = True
+            leftover.stop(mode="immediate")
         shutil.rmtree(directory, ignore_errors=True)

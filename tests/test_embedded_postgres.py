@@ -3,6 +3,7 @@
 import asyncio
 import os
 import shutil
+import subprocess
 
 import asyncpg
 import pytest
@@ -74,6 +75,70 @@ def test_as_root_the_server_runs_as_an_unprivileged_user():
         cluster.stop()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_planted_initdb_password_symlink_is_not_followed():
+    directory = world_readable_tempdir("embedded-")
+    try:
+        precious = directory / "precious"
+        precious.write_text("root's own file")
+        (directory / "postgres").mkdir()
+        (directory / "postgres" / "initdb-password").symlink_to(precious)
+        cluster = EmbeddedPostgres(directory / "postgres")
+        cluster.start()
+        cluster.stop()
+        assert precious.read_text() == "root's own file"
+        assert precious.stat().st_uid == os.geteuid()
+        assert not (directory / "postgres" / "initdb-password").exists()
+        assert not (directory / "postgres" / "initdb-password").is_symlink()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the cluster to another user")
+def test_the_temporary_password_copy_is_removed_when_the_start_fails():
+    directory = world_readable_tempdir("embedded-")
+    try:
+        unreachable = directory / "private"
+        unreachable.mkdir(mode=0o700)  # the server's user cannot reach the cluster in it
+        with pytest.raises(EmbeddedPostgresError, match="not searchable"):
+            EmbeddedPostgres(unreachable / "postgres").start()
+        assert not (unreachable / "postgres" / "initdb-password").exists()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_data_directory_others_can_write_is_refused():
+    directory = world_readable_tempdir("embedded-")
+    try:
+        (directory / "postgres").mkdir()
+        (directory / "postgres").chmod(0o777)
+        with pytest.raises(EmbeddedPostgresError, match="writable by other users"):
+            EmbeddedPostgres(directory / "postgres").start()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_cluster_left_by_a_dead_process_is_adopted_and_stopped():
+    directory = world_readable_tempdir("embedded-")
+    try:
+        crashed = EmbeddedPostgres(directory / "postgres")
+        crashed.start()
+        # As if the process that started it had been killed with SIGKILL.
+        (directory / "postgres" / "owner-pid").write_text(str(dead_pid()))
+        successor = EmbeddedPostgres(directory / "postgres")
+        successor.start()
+        successor.stop()
+        assert successor._running_port() is None
+    finally:
+        crashed.stop(mode="immediate")
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
 
 
 def test_missing_server_binaries_say_how_to_install_them():

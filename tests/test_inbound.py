@@ -65,6 +65,17 @@ async def test_inbound_is_stored_and_answered_with_empty_twiml(client, db):
     assert event["fields"]["MediaContentType0"] == "image/jpeg"
 
 
+async def test_a_repeated_media_url_is_stored_as_urls_not_as_a_list_repr(client, db):
+    sid = new_sid("MM")
+    pairs = [*inbound_fields(sid, "two", NumMedia="1").items(),
+             ("MediaUrl0", "https://api.twilio.com/a.jpg"),
+             ("MediaUrl0", "https://api.twilio.com/b.jpg")]  # fmt: skip
+    target, body, headers = signed(pairs, path=INBOUND)
+    assert (await client.post(target, content=body, headers=headers)).status_code == 200
+    row = await db.fetchrow("SELECT media_urls FROM messages WHERE sid = $1", sid)
+    assert row["media_urls"] == ["https://api.twilio.com/a.jpg", "https://api.twilio.com/b.jpg"]
+
+
 async def test_inbound_is_refused_without_signature_or_sender(client, db):
     target, body, headers = signed(inbound_fields(new_sid(), "x"), path=INBOUND, token="wrong")
     assert (await client.post(target, content=body, headers=headers)).status_code == 403

@@ -4,13 +4,18 @@ import asyncio
 import csv
 import io
 import json
+import socket
 import statistics
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
 
 import httpx
+import pytest
 
 from tests.conftest import Server
-from tests.support import API_KEY
+from tests.support import API_KEY, AUTH_TOKEN, callback_fields, new_sid, signed
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 STATUSES = ["delivered", "undelivered", "failed", "sent", "read"]
 
@@ -96,6 +101,29 @@ async def test_bad_cursor_and_limits_are_problems(client):
     assert (await client.get("/v1/messages", params={"limit": 1001})).status_code == 422
     response = await client.get("/v1/messages", params={"error_code": "x"})
     assert response.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize("path", ["/v1/stats", "/v1/export", "/v1/messages"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"until": "0001-01-01T00:00:00Z"},
+        {"since": "0001-01-01T00:00:00+14:00"},
+        {"since": "2026-11-24T00:00:00Z", "until": "9999-12-31T23:59:59-14:00"},
+    ],
+    ids=["default-since-before-year-1", "since-before-year-1-in-utc", "until-after-9999-in-utc"],
+)
+async def test_out_of_range_times_are_a_422_problem_before_anything_is_streamed(
+    client, path, params
+):
+    response = await client.get(path, params=params)
+    if path == "/v1/messages" and "since" not in params:
+        # A list has no default window: year 1 itself is a fine upper bound.
+        assert response.status_code == 200
+        return
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"][0]["field"] in ("query.since", "query.until")
 
 
 async def test_stats_match_an_independent_count(client, db):
@@ -191,9 +219,95 @@ async def test_export_csv_and_jsonl_agree_and_cells_are_safe(client, db):
     assert events == ""  # seeded rows have no events
 
 
+async def test_export_neutralises_every_cell_a_spreadsheet_could_run(client, db):
+    starts = ["=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20"]
+    await seed(db, len(starts))
+    await db.execute(
+        "UPDATE messages SET reference = ($1::text[])[n] FROM "
+        "(SELECT id, row_number() OVER (ORDER BY created_at) AS n FROM messages) AS ranked "
+        "WHERE messages.id = ranked.id",
+        [start + "1+1" for start in starts],
+    )
+    params = {"since": (NOW - timedelta(days=1)).isoformat(), "until": NOW.isoformat()}
+    as_csv = (await client.get("/v1/export", params=params)).content.decode("utf-8-sig")
+    references = [row["reference"] for row in csv.DictReader(io.StringIO(as_csv, newline=""))]
+    assert sorted(references) == sorted("'" + start + "1+1" for start in starts)
+
+
 async def test_many_requests_at_once_keep_pages_consistent(client, db):
     await seed(db, 3_000)
     pages = await asyncio.gather(
         *(client.get("/v1/messages", params={"limit": 1000}) for _ in range(5))
     )
     assert len({tuple(m["id"] for m in p.json()["messages"]) for p in pages}) == 1
+
+
+def stalled_export(port: int, query: str) -> socket.socket:
+    """An export asked for by a client that then reads nothing (its receive window stays tiny)."""
+    connection = socket.socket()
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    connection.connect(("127.0.0.1", port))
+    connection.sendall(
+        f"GET /v1/export?{query} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\r\n".encode()
+    )
+    return connection
+
+
+def has_final_chunk(answer: bytes) -> bool:
+    """Whether a chunked HTTP response ends as a complete one does, with a zero-size chunk."""
+    rest = answer.split(b"\r\n\r\n", 1)[1]
+    while b"\r\n" in rest:
+        size_line, rest = rest.split(b"\r\n", 1)
+        size = int(size_line, 16)
+        if size == 0:
+            return True
+        rest = rest[size + 2 :]
+    return False
+
+
+def read_to_end(connection: socket.socket) -> bytes:
+    connection.settimeout(30)
+    answer = b""
+    while chunk := connection.recv(1 << 20):
+        answer += chunk
+    connection.close()
+    return answer
+
+
+async def test_stalled_exports_starve_neither_ingest_nor_the_api_and_are_aborted(
+    database_url: str, tmp_path, db
+):
+    await seed(db, 40_000)  # some 8 MB of CSV: more than the socket buffers hold
+    environment = {
+        "DATABASE_URL": database_url,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "STATUS_TRACKER_API_KEYS": API_KEY,
+        "STATUS_TRACKER_DATA_DIR": str(tmp_path / "data"),
+        "DB_POOL_MAX_SIZE": "4",
+        "STATUS_TRACKER_EXPORT_STALL_TIMEOUT": "3",
+    }
+    query = urlencode({"since": (NOW - timedelta(days=40)).isoformat(), "until": NOW.isoformat()})
+    with Server(environment, tmp_path) as server:
+        stalled = [stalled_export(server.port, query) for _ in range(4)]
+        await asyncio.sleep(1)
+        async with httpx.AsyncClient(base_url=server.url, headers=AUTH) as client:
+            target, body, headers = signed(
+                callback_fields(new_sid(), "sent"), public_url=server.url
+            )
+            assert (await client.post(target, content=body, headers=headers)).status_code == 204
+            assert (await client.get("/readyz")).status_code == 200
+            assert (await client.get("/v1/messages", params={"limit": 1})).status_code == 200
+        idle = "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND datname = current_database()"
+        assert await db.fetchval(idle) == 2  # half the pool, no more
+        await asyncio.sleep(3 + 1.5)  # the stall timeout, and some
+        assert await db.fetchval(idle) == 0
+        answers = [read_to_end(connection) for connection in stalled]
+        server.stop()
+    assert (
+        sorted(answer[:12] for answer in answers) == [b"HTTP/1.1 200"] * 2 + [b"HTTP/1.1 503"] * 2
+    )
+    for answer in answers:
+        if answer.startswith(b"HTTP/1.1 200"):
+            assert not has_final_chunk(answer)  # aborted, and a client can tell
+            assert len(answer) < 7_000_000
+    assert "export aborted: the client stopped reading" in server.log.read_text()

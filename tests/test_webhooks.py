@@ -3,7 +3,10 @@
 import base64
 import hashlib
 import hmac
+import socket
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -12,10 +15,13 @@ from asgi_lifespan import LifespanManager
 from pydantic import SecretStr
 
 from status_tracker.app import create_app
+from tests.conftest import Server
 from tests.support import (
+    API_KEY,
     AUTH_TOKEN,
     PUBLIC_URL,
     SECONDARY_TOKEN,
+    STATUS_PATH,
     callback_fields,
     new_sid,
     signed,
@@ -306,6 +312,19 @@ async def test_absurd_error_code_is_kept_raw_not_refused(client, db):
     assert (await db.fetchval("SELECT fields FROM message_events"))["ErrorCode"] == "99999999999999"
 
 
+@pytest.mark.parametrize(
+    "raw",
+    ["³", "①", "٣٠٠٠٣", "30003" + "0" * 5000, "0" * 20 + "30003"],
+    ids=["superscript", "circled", "arabic-indic", "5005-digits", "25-digits"],
+)
+async def test_error_code_of_anything_but_a_few_ascii_digits_is_kept_raw(client, db, raw):
+    sid = new_sid()
+    assert (await post(client, callback_fields(sid, "failed", ErrorCode=raw))).status_code == 204
+    row = await db.fetchrow("SELECT status, error_code FROM messages WHERE sid = $1", sid)
+    assert (row["status"], row["error_code"]) == ("failed", None)
+    assert (await db.fetchval("SELECT fields FROM message_events"))["ErrorCode"] == raw
+
+
 async def test_an_unexpected_failure_is_a_logged_500_problem_and_nothing_stored(
     client, db, monkeypatch, caplog
 ):
@@ -325,3 +344,37 @@ async def test_an_unexpected_failure_is_a_logged_500_problem_and_nothing_stored(
         record.exc_info and record.exc_info[1].args == ("a bug",) for record in caplog.records
     )
     assert await count(db) == (0, 0)
+
+
+def unfinished_request(port: int, path: str, signature: str | None) -> tuple[bytes, float]:
+    """A POST whose body never arrives whole; (all the server answered, seconds until it closed)."""
+    with socket.create_connection(("127.0.0.1", port)) as connection:
+        connection.settimeout(30)
+        signed_by = f"X-Twilio-Signature: {signature}\r\n" if signature else ""
+        connection.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n{signed_by}"
+            "Content-Type: application/x-www-form-urlencoded\r\n\r\nMessageSid=SM".encode()
+        )
+        started, answer = time.monotonic(), b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+        return answer, time.monotonic() - started
+
+
+@pytest.mark.parametrize("path", [STATUS_PATH, "/webhooks/twilio/inbound"])
+def test_unsigned_and_slow_bodies_do_not_hold_a_connection(database_url: str, tmp_path: Path, path):
+    environment = {
+        "DATABASE_URL": database_url,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "STATUS_TRACKER_API_KEYS": API_KEY,
+        "STATUS_TRACKER_DATA_DIR": str(tmp_path / "data"),
+        "STATUS_TRACKER_BODY_TIMEOUT": "1",
+    }
+    with Server(environment, tmp_path) as server:
+        unsigned, seconds = unfinished_request(server.port, path, signature=None)
+        assert unsigned.startswith(b"HTTP/1.1 403"), unsigned
+        assert seconds < 0.9  # refused before waiting for the body
+        slow, seconds = unfinished_request(server.port, path, signature="c2lnbmVk")
+        assert slow.startswith(b"HTTP/1.1 408"), slow
+        assert b"application/problem+json" in slow
+        assert 0.9 < seconds < 5

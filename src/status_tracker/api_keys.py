@@ -4,18 +4,21 @@ import hmac
 import secrets
 from pathlib import Path
 
+from status_tracker.private_files import ensure_dir, read_secret, write_secret
+
 KEY_FILE = "api-key"
 
 
 def load_or_create(data_dir: Path) -> tuple[str, bool]:
-    """The key kept in `data_dir`, made on first use; the flag says whether it was just made."""
+    """The key kept in `data_dir`, made on first use; the flag says whether it was just made.
+    A key file (or directory) that someone else could have written is refused, not adopted."""
+    ensure_dir(data_dir)
     path = data_dir / KEY_FILE
-    if path.exists():
-        return path.read_text().strip(), False
-    data_dir.mkdir(parents=True, exist_ok=True)
+    kept = read_secret(path)
+    if kept is not None:
+        return kept.strip(), False
     key = "st_" + secrets.token_urlsafe(32)
-    path.touch(mode=0o600)
-    path.write_text(key + "\n")
+    write_secret(path, key + "\n")
     return key, True
 
 

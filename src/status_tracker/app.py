@@ -29,6 +29,7 @@ class State(TypedDict):
     api_keys: list[str]
     writer: ReportWriter
     twilio: TwilioApi | None
+    exports: asyncio.Semaphore
 
 
 class StatusTrackerApp(FastAPI):
@@ -67,9 +68,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         keys = [key.get_secret_value() for key in settings.api_keys]
         if not keys:
             log.warning("no API key configured: every /v1 request will be refused (401)")
-        pool = await create_pool(settings, dsn)
+        # An export's transaction idles while its client reads: let it, up to the stall timeout.
+        pool = await create_pool(
+            settings,
+            dsn,
+            idle_in_transaction_seconds=settings.export_stall_timeout_seconds
+            + settings.db_timeout_seconds,
+        )
+        # Status callbacks get connections of their own, which no query or export can take.
+        writer_pool = await create_pool(settings, dsn, max_size=settings.ingest_flushers)
         writer = ReportWriter(
-            pool,
+            writer_pool,
             max_batch=settings.ingest_max_batch,
             max_pending=settings.ingest_max_pending,
             flushers=settings.ingest_flushers,
@@ -92,6 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "api_keys": keys,
                 "writer": writer,
                 "twilio": twilio,
+                # Half the pool at most: stalled exports must leave the API connections.
+                "exports": asyncio.Semaphore(max(1, settings.db_pool_max_size // 2)),
             }
         finally:
             if schedule is not None:
@@ -101,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await twilio.close()
             # uvicorn has finished the requests in flight; store what they handed over.
             await writer.close()
+            await writer_pool.close()
             await pool.close()
 
     app = StatusTrackerApp(

@@ -15,6 +15,7 @@ from status_tracker.precedence import normalise_status
 MESSAGE_SID_PATTERN = r"^(SM|MM)[0-9a-f]{32}$"
 # Error codes are stored as PostgreSQL integers; Twilio's have five digits.
 MAX_ERROR_CODE = 2**31 - 1
+MAX_ERROR_CODE_DIGITS = len(str(MAX_ERROR_CODE))
 # Twilio sends a few dozen fields; a form with thousands of them is not from Twilio.
 MAX_FIELDS = 1000
 
@@ -133,8 +134,12 @@ class StatusReport:
 
 def parse_error_code(raw: str | None) -> int | None:
     # Refusing a callback loses it (Twilio does not retry a 4xx), so an odd code is kept raw in
-    # the fields and stored as no code rather than refused.
-    if raw is None or not raw.strip().isdigit():
+    # the fields and stored as no code rather than refused. ASCII digits only: str.isdigit() and
+    # int() also take "³", "①" and Arabic-Indic digits, and int() refuses thousands of digits.
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_ERROR_CODE_DIGITS):
         return None
     code = int(raw)
     return code if code <= MAX_ERROR_CODE else None

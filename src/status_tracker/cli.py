@@ -6,18 +6,25 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
+import asyncpg
 import uvicorn
+from pydantic import ValidationError
 
 from status_tracker import api_keys, logs, reconcile
 from status_tracker.database import create_pool, migrate
 from status_tracker.embedded_postgres import EmbeddedPostgres, EmbeddedPostgresError
 from status_tracker.ports import free_port, wait_for_port
+from status_tracker.private_files import UnsafePath, ensure_dir
 from status_tracker.settings import Settings
 from status_tracker.simulator import DEFAULT_ACCOUNT_SID, SimulatorConfig, run_simulator
 from status_tracker.twilio_api import TwilioApi
@@ -25,17 +32,82 @@ from status_tracker.twilio_api import TwilioApi
 log = logging.getLogger("status_tracker")
 
 
+class Refused(Exception):
+    """What the command cannot do and what to do about it: one line, exit status 1."""
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise Refused(f"invalid settings: {problems}") from error
+
+
+def check_database(dsn: str) -> None:
+    """Refuse a DATABASE_URL that is not PostgreSQL's, or that does not answer, before anything
+    is started: one line, not a driver's traceback."""
+    parts = urlsplit(dsn)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise Refused(
+            f"DATABASE_URL must be a postgresql:// URL, not {parts.scheme or 'one without a'}"
+            "://; unset it to use the embedded PostgreSQL."
+        )
+    try:
+        where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+    except ValueError as error:
+        raise Refused(f"DATABASE_URL is not a valid URL: {error}.") from error
+
+    async def connect() -> None:
+        connection = await asyncpg.connect(dsn, timeout=10)
+        await connection.close()
+
+    try:
+        asyncio.run(connect())
+    except (OSError, TimeoutError, ValueError, asyncpg.PostgresError,
+            asyncpg.InterfaceError) as error:  # fmt: skip
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if parts.password:
+            reason = reason.replace(parts.password, "***")
+        raise Refused(
+            f"cannot connect to the database at {where}: {reason}. Check DATABASE_URL and "
+            "that PostgreSQL runs there."
+        ) from error
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port something else listens on, before PostgreSQL and the simulator start."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise Refused(
+                f"cannot listen on {host}:{port}: {error.strerror}; stop what uses it, or "
+                "choose another with --port."
+            ) from error
+
+
+def run_migrations(dsn: str, revision: str = "head") -> None:
+    try:
+        migrate(dsn, revision)
+    except Exception as error:
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        raise Refused(f"migrating the database failed: {first_line}") from error
+
+
 @contextmanager
 def database(settings: Settings) -> Iterator[tuple[str, bool]]:
     """The database URL, and whether it is the embedded one (started here, stopped on exit)."""
     if settings.database_url is not None:
-        yield settings.database_url.get_secret_value(), False
+        dsn = settings.database_url.get_secret_value()
+        check_database(dsn)
+        yield dsn, False
         return
-    try:
-        cluster = EmbeddedPostgres(settings.data_dir / "postgres")
-        dsn = cluster.start()
-    except EmbeddedPostgresError as error:
-        raise SystemExit(f"status-tracker: {error}") from error
+    ensure_dir(settings.data_dir)
+    cluster = EmbeddedPostgres(settings.data_dir / "postgres")
+    dsn = cluster.start()
     try:
         yield dsn, True
     finally:
@@ -61,7 +133,7 @@ def twilio_or_simulator(settings: Settings) -> Iterator[None]:
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "status_tracker.cli", "simulator", "--port", str(port),
-         *EMBEDDED_SIMULATOR_OPTIONS],
+         "--parent-pid", str(os.getpid()), *EMBEDDED_SIMULATOR_OPTIONS],
         env={**os.environ, **credentials},
     )  # fmt: skip
     try:
@@ -92,7 +164,11 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 
 
 def serve(args: argparse.Namespace) -> None:
-    settings = Settings()
+    settings = load_settings()
+    # Everything that can be checked is, before PostgreSQL, the simulator or migrations start.
+    check_port(args.host, args.port)
+    if settings.database_url is None or not settings.api_keys:
+        ensure_dir(settings.data_dir)
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler it
     # found installed: this one lets the embedded cluster stop before the process exits.
     signal.signal(signal.SIGTERM, _exit_cleanly)
@@ -102,7 +178,7 @@ def serve(args: argparse.Namespace) -> None:
         os.environ["STATUS_TRACKER_PUBLIC_URL"] = f"http://{host}:{args.port}"
     with database(settings) as (dsn, embedded), twilio_or_simulator(settings):
         if embedded:
-            migrate(dsn)
+            run_migrations(dsn)
             # Workers read their settings from the environment: hand them the embedded URL.
             os.environ["DATABASE_URL"] = dsn
         if not settings.api_keys:
@@ -137,13 +213,13 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def migrate_command(args: argparse.Namespace) -> None:
-    with database(Settings()) as (dsn, _):
-        migrate(dsn, args.revision)
+    with database(load_settings()) as (dsn, _):
+        run_migrations(dsn, args.revision)
     log.info("database migrated", extra={"revision": args.revision})
 
 
 def reconcile_command(args: argparse.Namespace) -> None:
-    settings = Settings()
+    settings = load_settings()
     if not (settings.twilio_account_sid and settings.twilio_auth_token):
         raise SystemExit(
             "status-tracker: reconcile needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN "
@@ -155,7 +231,7 @@ def reconcile_command(args: argparse.Namespace) -> None:
         raise SystemExit("status-tracker: give --since and --until with a time zone (…Z).")
     with database(settings) as (dsn, embedded):
         if embedded:
-            migrate(dsn)
+            run_migrations(dsn)
         report = asyncio.run(_reconcile(settings, dsn, since, until, args.dry_run))
     print(f"reconciliation {report.reconciliation_id}: {report.state} in "
           f"{report.duration_seconds:.1f} s, window {since.isoformat()} .. {until.isoformat()}"
@@ -190,6 +266,18 @@ async def _reconcile(
         await pool.close()
 
 
+def exit_with_parent(parent_pid: int) -> None:
+    """End this process (as SIGTERM does) once `parent_pid` is no longer its parent: `serve`
+    killed with SIGKILL cannot stop its simulator, so the simulator watches for it."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def simulator_command(args: argparse.Namespace) -> None:
     config = SimulatorConfig(
         account_sid=os.environ.get("TWILIO_ACCOUNT_SID") or DEFAULT_ACCOUNT_SID,
@@ -204,6 +292,8 @@ def simulator_command(args: argparse.Namespace) -> None:
     )
     if token := os.environ.get("TWILIO_AUTH_TOKEN"):
         config.auth_token = token
+    if args.parent_pid is not None:
+        exit_with_parent(args.parent_pid)
     log.info(
         "simulator listening",
         extra={"url": f"http://{args.host}:{args.port}", "account_sid": config.account_sid},
@@ -263,11 +353,17 @@ def main(argv: list[str] | None = None) -> None:
     simulator_parser.add_argument(
         "--time-scale", type=float, default=1.0, help="multiplies every delay"
     )
+    simulator_parser.add_argument(
+        "--parent-pid", type=int, default=None, help="exit when this process is gone"
+    )
     simulator_parser.set_defaults(handler=simulator_command)
 
     args = parser.parse_args(argv)
-    logs.configure(Settings().log_level)
-    args.handler(args)
+    try:
+        logs.configure(load_settings().log_level)
+        args.handler(args)
+    except (Refused, UnsafePath, EmbeddedPostgresError) as error:
+        raise SystemExit(f"status-tracker: {error}") from None
 
 
 if __name__ == "__main__":

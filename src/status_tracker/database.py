@@ -18,13 +18,28 @@ async def init_connection(connection: asyncpg.Connection) -> None:
     )
 
 
-async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
+async def create_pool(
+    settings: Settings,
+    dsn: str,
+    *,
+    max_size: int | None = None,
+    idle_in_transaction_seconds: float | None = None,
+) -> asyncpg.Pool:
+    """A pool whose connections PostgreSQL itself limits too: a statement may run, and a
+    transaction stay idle, `STATUS_TRACKER_DB_TIMEOUT` seconds (unless told otherwise), so that
+    a client that vanished mid-transaction cannot keep a connection (and its locks) for ever."""
+    max_size = max_size or settings.db_pool_max_size
+    idle = idle_in_transaction_seconds or settings.db_timeout_seconds
     pool: asyncpg.Pool = await asyncpg.create_pool(
         dsn,
-        min_size=min(settings.db_pool_min_size, settings.db_pool_max_size),
-        max_size=settings.db_pool_max_size,
+        min_size=min(settings.db_pool_min_size, max_size),
+        max_size=max_size,
         command_timeout=settings.db_timeout_seconds,
         init=init_connection,
+        server_settings={
+            "statement_timeout": str(round(settings.db_timeout_seconds * 1000)),
+            "idle_in_transaction_session_timeout": str(round(idle * 1000)),
+        },
     )
     return pool
 

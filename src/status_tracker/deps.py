@@ -1,5 +1,6 @@
 """Dependencies of the routes, as `Annotated` aliases so that signatures read as prose."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -35,6 +36,11 @@ async def _writer(request: Request) -> ReportWriter:
     return writer
 
 
+async def _exports(request: Request) -> asyncio.Semaphore:
+    exports: asyncio.Semaphore = request.state.exports
+    return exports
+
+
 async def _twilio(request: Request) -> TwilioApi:
     twilio: TwilioApi | None = request.state.twilio
     if twilio is None:
@@ -50,6 +56,7 @@ PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
 VerifierDep = Annotated[SignatureVerifier, Depends(_verifier)]
 WriterDep = Annotated[ReportWriter, Depends(_writer)]
 TwilioDep = Annotated[TwilioApi, Depends(_twilio)]
+ExportsDep = Annotated[asyncio.Semaphore, Depends(_exports)]
 
 
 async def _connection(pool: PoolDep, settings: SettingsDep) -> AsyncIterator[asyncpg.Connection]:

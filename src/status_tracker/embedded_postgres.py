@@ -19,6 +19,7 @@ from urllib.parse import quote
 import asyncpg
 
 from status_tracker.ports import free_port, is_listening
+from status_tracker.private_files import UnsafePath, ensure_dir, read_secret, write_secret
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,15 @@ class EmbeddedPostgres:
         self.directory = directory.resolve()
         self.cluster = self.directory / "cluster"
         self.password_file = self.directory / "password"
+        # The pid of the process that started the cluster: a dead one means a crashed run.
+        self.owner_file = self.directory / "owner-pid"
         self.os_user = _unprivileged_user()
+        if self.os_user is not None and shutil.which("runuser") is None:
+            raise EmbeddedPostgresError(
+                f"Running as root, the embedded PostgreSQL must run as '{self.os_user}' through "
+                "`runuser`, which is not on PATH: install util-linux, run as another user, or "
+                "set DATABASE_URL."
+            )
         self.bin_dir = find_bin_dir()
         self.server_options = {
             **sized_settings(),
@@ -115,14 +124,34 @@ class EmbeddedPostgres:
     def dsn(self) -> str:
         if self.port is None:
             raise EmbeddedPostgresError("The embedded PostgreSQL is not running.")
-        password = quote(self.password_file.read_text().strip(), safe="")
+        password = quote(self._password(), safe="")
         return f"postgresql://{SUPERUSER}:{password}@127.0.0.1:{self.port}/{DATABASE}"
+
+    def _password(self) -> str:
+        password = read_secret(self.password_file)
+        if password is None:
+            raise EmbeddedPostgresError(f"{self.password_file} is missing.")
+        return password.strip()
+
+    def _server_uid(self) -> tuple[int, ...]:
+        return () if self.os_user is None else (pwd.getpwnam(self.os_user).pw_uid,)
 
     def start(self) -> str:
         """Start the cluster (creating it on first use) and return the URL of its database."""
+        try:
+            ensure_dir(self.directory)
+            if self.cluster.exists() or self.cluster.is_symlink():
+                ensure_dir(self.cluster, *self._server_uid())
+        except UnsafePath as error:
+            raise EmbeddedPostgresError(str(error)) from error
         if not (self.cluster / "PG_VERSION").exists():
             self._initdb()
         running = self._running_port()
+        if running is not None and self._owner_gone():
+            # Left running by a run of ours that crashed (kill -9): ours to stop on exit.
+            log.warning("adopting the postgresql a crashed run left", extra={"port": running})
+            self.started_here = True
+            self._write_owner()
         if running is None:
             options = {"port": str(self._port_to_use()), **self.server_options}
             flags = " ".join(f"-c {name}={value}" for name, value in options.items())
@@ -131,6 +160,7 @@ class EmbeddedPostgres:
                 "-w", "-t", "60", "-o", flags, "start",
             )  # fmt: skip
             self.started_here = True
+            self._write_owner()
             running = self._running_port()
             if running is None:
                 raise EmbeddedPostgresError(
@@ -144,40 +174,61 @@ class EmbeddedPostgres:
     def _port_to_use(self) -> int:
         """The port used last time, if it is free: clients that remember it can reconnect."""
         remembered = self.directory / "port"
-        if remembered.exists():
-            port = int(remembered.read_text())
+        kept = read_secret(remembered)
+        if kept is not None and kept.strip().isdigit():
+            port = int(kept)
             if not is_listening(port):
                 return port
         port = free_port()
-        remembered.write_text(str(port))
+        remembered.unlink(missing_ok=True)
+        write_secret(remembered, str(port))
         return port
+
+    def _owner_gone(self) -> bool:
+        """Whether the process that started the running cluster is gone (or unknown)."""
+        kept = read_secret(self.owner_file)
+        if kept is None or not kept.strip().isdigit():
+            return True
+        try:
+            os.kill(int(kept), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def _write_owner(self) -> None:
+        self.owner_file.unlink(missing_ok=True)
+        write_secret(self.owner_file, str(os.getpid()))
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the cluster if this object started it; a cluster somebody else runs is left up."""
         if self.started_here and self._running_port() is not None:
             self._run("pg_ctl", "-D", str(self.cluster), "-m", mode, "-w", "stop")
+        if self.started_here:
+            self.owner_file.unlink(missing_ok=True)
         self.started_here = False
 
     def _initdb(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if not self.password_file.exists():
-            self.password_file.touch(mode=0o600)
-            self.password_file.write_text(secrets.token_urlsafe(24))
-        self.cluster.mkdir(mode=0o700, exist_ok=True)
-        # initdb reads the password from a file the server's user can read: a copy, removed after.
+        if read_secret(self.password_file) is None:
+            write_secret(self.password_file, secrets.token_urlsafe(24))
+        # initdb reads the password from a file the server's user can read: a copy, removed after
+        # on every path. One left by a crashed run is ours (the directory is): replace it.
         pwfile = self.directory / "initdb-password"
-        pwfile.touch(mode=0o600)
-        pwfile.write_text(self.password_file.read_text())
-        if self.os_user is not None:
-            owner = pwd.getpwnam(self.os_user)
-            for path in (self.cluster, pwfile):
-                os.chown(path, owner.pw_uid, owner.pw_gid)
-            self._check_reachable(owner.pw_uid)
+        pwfile.unlink(missing_ok=True)
+        owner = pwd.getpwnam(self.os_user) if self.os_user is not None else None
         try:
+            write_secret(pwfile, self._password(), owner and (owner.pw_uid, owner.pw_gid))
+            self.cluster.mkdir(mode=0o700, exist_ok=True)
+            if owner is not None:
+                os.chown(self.cluster, owner.pw_uid, owner.pw_gid, follow_symlinks=False)
+                self._check_reachable(owner.pw_uid)
             self._run(
                 "initdb", "-D", str(self.cluster), "-U", SUPERUSER, f"--pwfile={pwfile}",
                 "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C",
             )  # fmt: skip
+        except UnsafePath as error:
+            raise EmbeddedPostgresError(str(error)) from error
         finally:
             pwfile.unlink(missing_ok=True)
         with (self.cluster / "postgresql.conf").open("a") as conf:
@@ -207,7 +258,7 @@ class EmbeddedPostgres:
         return int(lines[3]) if len(lines) > 3 and lines[3].strip() else None
 
     async def _ensure_database(self) -> None:
-        password = self.password_file.read_text().strip()
+        password = self._password()
         connection = await asyncpg.connect(
             host="127.0.0.1", port=self.port, user=SUPERUSER, password=password, database="postgres"
         )

@@ -49,6 +49,11 @@ class NotFound(Problem):
     title = "Not Found"
 
 
+class RequestTimeout(Problem):
+    status = 408
+    title = "Request Timeout"
+
+
 class Conflict(Problem):
     status = 409
     title = "Conflict"

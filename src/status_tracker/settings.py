@@ -67,10 +67,22 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=64 * 1024, gt=0, validation_alias="STATUS_TRACKER_MAX_BODY_BYTES"
     )
+    body_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        validation_alias="STATUS_TRACKER_BODY_TIMEOUT",
+        description="Seconds a webhook body may take to arrive; slower: 408.",
+    )
     db_pool_min_size: int = Field(default=1, ge=0, validation_alias="DB_POOL_MIN_SIZE")
     db_pool_max_size: int = Field(default=10, ge=1, validation_alias="DB_POOL_MAX_SIZE")
     db_timeout_seconds: float = Field(
         default=5.0, gt=0, validation_alias="STATUS_TRACKER_DB_TIMEOUT"
+    )
+    export_stall_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias="STATUS_TRACKER_EXPORT_STALL_TIMEOUT",
+        description="Seconds an export waits for a client that stopped reading before aborting.",
     )
     ingest_max_batch: int = Field(
         default=256, ge=1, validation_alias="STATUS_TRACKER_INGEST_MAX_BATCH"

@@ -57,6 +57,7 @@ TWIML_EXAMPLE = (
         },
         400: {"description": "No MessageSid, From or To (problem+json)"},
         403: {"description": "Missing or wrong X-Twilio-Signature (problem+json)"},
+        408: {"description": "Body too slow to arrive (problem+json)"},
         413: {"description": "Body too large (problem+json)"},
         503: {"description": "Database unavailable: not stored (problem+json)"},
     },
@@ -74,9 +75,8 @@ async def inbound_message(
     form, query = await verified_form(request.scope, request.receive, settings, verifier)
     fields = form.as_fields()
     inbound = parse_form_model(InboundMessage, fields)
-    media = [
-        str(fields[f"MediaUrl{i}"]) for i in range(inbound.num_media) if f"MediaUrl{i}" in fields
-    ]
+    # A repeated MediaUrlN (not Twilio's doing, but signed all the same) keeps each of its URLs.
+    media = [url for i in range(inbound.num_media) for url in form.getall(f"MediaUrl{i}")]
     channel = channel_of((inbound.to, inbound.from_), bool(media))
     report = StatusReport(
         sid=inbound.message_sid,

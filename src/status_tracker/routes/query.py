@@ -1,10 +1,12 @@
 """Reading many messages: a filtered list, one timeline, statistics, and a streamed export."""
 
+import asyncio
 import base64
 import csv
 import io
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -12,14 +14,16 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.types import Message, Receive, Scope, Send
 
 from status_tracker import privacy, repository
-from status_tracker.deps import ConnectionDep, PoolDep, SettingsDep, require_api_key
+from status_tracker.deps import ConnectionDep, ExportsDep, PoolDep, SettingsDep, require_api_key
 from status_tracker.error_codes import describe
-from status_tracker.errors import BadRequest, NotFound
+from status_tracker.errors import BadRequest, NotFound, ServiceUnavailable, Unprocessable
 from status_tracker.models import Event, MessagePage, summary_view, timeline
 from status_tracker.precedence import FINAL_STATUSES
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["query"], dependencies=[Depends(require_api_key)])
 
 AUTH: dict[int | str, dict[str, Any]] = {
@@ -39,12 +43,32 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         raise BadRequest("The cursor is not one this API gave out.") from error
 
 
+def out_of_range(name: str) -> Unprocessable:
+    message = "out of range: give a time between years 1 and 9999 in UTC"
+    field = f"query.{name}"
+    return Unprocessable(f"{field}: {message}", errors=[{"field": field, "message": message}])
+
+
+def in_utc(name: str, value: datetime | None) -> datetime | None:
+    """`value` in UTC, or 422 if it falls outside what Python (and so the driver) can hold."""
+    if value is None or value.tzinfo is None:
+        return value
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as error:
+        raise out_of_range(name) from error
+
+
 def window(since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
-    """The time window asked for; by default the last 24 hours."""
-    until = until or datetime.now(UTC)
-    since = since or until - timedelta(days=1)
-    if since.tzinfo is None or until.tzinfo is None:
+    """The time window asked for; by default the last 24 hours. Checked whole before anything
+    is read or streamed, so that a bad one is a problem answer, never a cut-off download."""
+    if (since is not None and since.tzinfo is None) or (until is not None and until.tzinfo is None):
         raise BadRequest("Give since and until with a time zone, e.g. 2026-11-24T00:00:00Z.")
+    until = in_utc("until", until) or datetime.now(UTC)
+    try:
+        since = in_utc("since", since) or until - timedelta(days=1)
+    except OverflowError as error:  # the default since, a day before until
+        raise out_of_range("until") from error
     if since >= until:
         raise BadRequest("since must be before until.")
     return since, until
@@ -78,8 +102,8 @@ async def list_messages(
         to=privacy.redact_number(to, settings),
         from_=privacy.redact_number(from_, settings),
         error_code=error_code,
-        since=since,
-        until=until,
+        since=in_utc("since", since),
+        until=in_utc("until", until),
         reference=reference,
     )
     after = decode_cursor(cursor) if cursor else None
@@ -189,10 +213,15 @@ def _export_row(record: Any, events: bool) -> dict[str, Any]:
     return row
 
 
+# What a spreadsheet may read as the start of a formula (OWASP's CSV injection list), and the
+# full-width forms some spreadsheets fold into them.
+FORMULA_STARTS = frozenset("=+-@\t\r\uff1d\uff0b\uff0d\uff20")  # full-width = + - @
+
+
 def _cell(value: Any) -> str:
     text = "" if value is None else value.isoformat() if isinstance(value, datetime) else str(value)
-    # A cell a spreadsheet would run as a formula (=, +, -, @) is kept as text.
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+    # A cell a spreadsheet would run as a formula is kept as text.
+    return "'" + text if text[:1] in FORMULA_STARTS else text
 
 
 @router.get(
@@ -203,10 +232,13 @@ def _cell(value: Any) -> str:
         **AUTH,
         200: {"content": {"text/csv": {}, "application/x-ndjson": {}}},
         400: {"description": "Invalid window (problem+json)"},
+        422: {"description": "A time out of range (problem+json)"},
+        503: {"description": "Too many exports running, or the database unavailable"},
     },
 )
 async def export(
     pool: PoolDep,
+    exports: ExportsDep,
     settings: SettingsDep,
     since: datetime | None = None,
     until: datetime | None = None,
@@ -217,13 +249,14 @@ async def export(
 ) -> StreamingResponse:
     """For record keeping: messages created in [since, until), oldest first, with their final
     status, error code and event count. Streamed in constant memory. In CSV, a cell starting
-    with `=`, `+`, `-` or `@` (phone numbers included) is prefixed with `'` so that spreadsheets
+    with `=`, `+`, `-`, `@`, a tab, a carriage return or a full-width = + - @ (phone numbers
+    included) is prefixed with `'` so that spreadsheets
     show it as text; the file starts with a UTF-8 byte order mark."""
     since, until = window(since, until)
     events = include == "events"
     columns = EVENT_EXPORT_COLUMNS if events else MESSAGE_EXPORT_COLUMNS
 
-    async def lines() -> AsyncIterator[bytes]:
+    async def lines() -> AsyncGenerator[bytes, None]:
         async with pool.acquire(timeout=settings.db_timeout_seconds) as connection:
             async with connection.transaction(readonly=True):
                 if format == "csv":
@@ -244,7 +277,52 @@ async def export(
 
     media_type = "text/csv; charset=utf-8" if format == "csv" else "application/x-ndjson"
     name = f"messages-{since:%Y%m%dT%H%M%S}-{until:%Y%m%dT%H%M%S}.{format}"
-    return StreamingResponse(
-        lines(), media_type=media_type,
+    return ExportResponse(
+        lines(), exports, settings.export_stall_timeout_seconds, media_type=media_type,
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )  # fmt: skip
+
+
+class ExportStalled(Exception):
+    pass
+
+
+class ExportResponse(StreamingResponse):
+    """A streamed export that holds its database connection only while the client reads: one
+    that stops reading for `stall_timeout` seconds is aborted (the connection is closed without
+    the final chunk) and its connection goes back to the pool. At most `slots` run at once."""
+
+    def __init__(
+        self,
+        rows: AsyncGenerator[bytes, None],
+        slots: asyncio.Semaphore,
+        stall_timeout: float,
+        **options: Any,
+    ) -> None:
+        super().__init__(rows, **options)
+        self.rows = rows
+        self.slots = slots
+        self.stall_timeout = stall_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.slots.locked():
+            await self.rows.aclose()
+            raise ServiceUnavailable("As many exports as allowed are running; retry shortly.")
+        async with self.slots:
+            await super().__call__(scope, receive, send)
+
+    async def stream_response(self, send: Send) -> None:
+        async def send_or_give_up(message: Message) -> None:
+            try:
+                async with asyncio.timeout(self.stall_timeout):
+                    await send(message)
+            except TimeoutError:
+                raise ExportStalled() from None
+
+        try:
+            await super().stream_response(send_or_give_up)
+        except ExportStalled:
+            log.warning("export aborted: the client stopped reading")
+        finally:
+            # Ends the transaction and returns the connection now, not when collected.
+            await self.rows.aclose()

@@ -1,5 +1,6 @@
 """Webhooks Twilio calls. They are authenticated by signature, not by API key."""
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -15,6 +16,8 @@ from status_tracker.errors import (
     BadRequest,
     Forbidden,
     PayloadTooLarge,
+    Problem,
+    RequestTimeout,
     ServiceUnavailable,
     render,
 )
@@ -75,22 +78,35 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole body, refused (413) as soon as it is known to exceed `limit` bytes."""
+def closing(problem: Problem) -> Problem:
+    """`problem`, answered on a connection that is then closed: its body was never read whole,
+    and what is left of it must not keep the connection (or be read as the next request)."""
+    problem.headers["Connection"] = "close"
+    return problem
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int, seconds: float) -> bytes:
+    """The whole body, refused (413) as soon as it is known to exceed `limit` bytes, and (408)
+    if it takes longer than `seconds` to arrive: a slow body holds a connection."""
     declared = header(scope, b"content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
+        raise closing(PayloadTooLarge(f"The body is larger than {limit} bytes."))
     body = b""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunk: bytes = message.get("body", b"")
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
-        if not message.get("more_body", False):
-            return body
+    try:
+        async with asyncio.timeout(seconds):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnect()
+                chunk: bytes = message.get("body", b"")
+                body += chunk
+                if len(body) > limit:
+                    raise closing(PayloadTooLarge(f"The body is larger than {limit} bytes."))
+                if not message.get("more_body", False):
+                    return body
+    except TimeoutError as error:
+        slow = RequestTimeout(f"The body took longer than {seconds:g} s to arrive.")
+        raise closing(slow) from error
 
 
 def public_url(scope: Scope, settings: Settings) -> str:
@@ -105,10 +121,11 @@ async def verified_form(
     scope: Scope, receive: Receive, settings: Settings, verifier: SignatureVerifier
 ) -> tuple[Form, Form]:
     """The form body and the query, once size, encoding and signature are checked."""
-    body = await read_body(scope, receive, settings.max_body_bytes)
+    # Refused before the body is read: an unsigned request must not hold a connection.
     signature = header(scope, SIGNATURE_HEADER_RAW)
     if not signature:
-        raise Forbidden(f"Missing {SIGNATURE_HEADER}.")
+        raise closing(Forbidden(f"Missing {SIGNATURE_HEADER}."))
+    body = await read_body(scope, receive, settings.max_body_bytes, settings.body_timeout_seconds)
     try:
         form = Form.parse(body.decode("utf-8"))
         query = Form.parse(scope.get("query_string", b"").decode("latin-1"))
@@ -157,6 +174,7 @@ async def store_status_callback(scope: Scope, receive: Receive) -> None:
         204: {"description": "Stored durably"},
         400: {"description": "No MessageSid/MessageStatus, or a malformed one (problem+json)"},
         403: {"description": "Missing or wrong X-Twilio-Signature (problem+json)"},
+        408: {"description": "Body too slow to arrive (problem+json)"},
         413: {"description": "Body too large (problem+json)"},
         503: {"description": "Database unavailable or overloaded: not stored (problem+json)"},
     },
