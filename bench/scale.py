@@ -461,7 +461,7 @@ def measure(args: argparse.Namespace, dsn_of: dict[str, str], directory: Path) -
                 "rounds": rounds[name],
                 "open": asyncio.run(open_loop(url, replay, args.rate, args.duration)),
                 "replay": asyncio.run(replay_and_check(url, dsn, replay)),
-                "queries": asyncio.run(query_latencies(url, dsn)),
+                "queries": {} if args.ingest_only else asyncio.run(query_latencies(url, dsn)),
                 "peak_rss_mib": round(rss_mib(servers[name].pid, "VmHWM"), 1),
             })  # fmt: skip
     finally:
@@ -518,6 +518,7 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=REPO / ".bench-scale",
                         help="where the embedded cluster is kept between runs")  # fmt: skip
     parser.add_argument("--reload", action="store_true", help="load the store again")
+    parser.add_argument("--ingest-only", action="store_true", help="skip the query timings")
     parser.add_argument("--pg", action="append", default=[], metavar="NAME=VALUE",
                         help="a PostgreSQL server setting over the embedded defaults "
                         "(repeatable), to compare settings")  # fmt: skip
