@@ -581,3 +581,20 @@ async def test_connection_failure_is_retried_once(twilio: Twilio) -> None:
     await twilio.simulator.drain()
 
     assert {(r.attempts, r.outcome) for r in twilio.simulator.callbacks} == {(2, "failed")}
+
+
+async def test_gets_are_answered_429_and_503_at_seeded_rates(start_twilio: StartTwilio) -> None:
+    twilio = await start_twilio(get_429_probability=0.3, get_5xx_probability=0.2)
+    message = await twilio.create("+14155550100")
+    answers: list[tuple[int, int | None]] = []
+    async with httpx.AsyncClient(base_url=twilio.base_url, auth=(ACCOUNT_SID, AUTH_TOKEN)) as http:
+        for path in [message.uri, message.uri.rsplit("/", 1)[0] + ".json"] * 100:
+            response = await http.get(path)
+            answers.append((response.status_code, response.json().get("code")))
+    counts = {answer: answers.count(answer) for answer in set(answers)}
+    assert set(counts) == {(200, None), (429, 20429), (503, 20503)}
+    assert 40 <= counts[(429, 20429)] <= 80 and 20 <= counts[(503, 20503)] <= 60
+    # A create is never answered so: only GETs are.
+    assert (await twilio.create("+14155550101")).status == "queued"
+    with pytest.raises(ValueError):
+        SimulatorConfig(get_429_probability=0.7, get_5xx_probability=0.7)

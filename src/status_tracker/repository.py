@@ -738,3 +738,43 @@ async def export_rows(
     query = EXPORT_EVENTS_QUERY if events else EXPORT_QUERY
     async for record in connection.cursor(query, since, until, prefetch=1000):
         yield record
+
+
+# --- Reconciliation progress and conflicting reports -------------------------------------------
+
+
+async def save_resume(db: Executor, reconciliation_id: int, resume: dict[str, Any] | None) -> None:
+    """Where the pass's window listing stands: its next page, the SIDs it holds (null: done)."""
+    await db.execute(
+        "UPDATE reconciliations SET resume = $2 WHERE id = $1", reconciliation_id, resume
+    )
+
+
+async def last_resumable_pass(db: Executor) -> asyncpg.Record | None:
+    """The latest pass, if it applied its findings and stopped mid-listing (failed or crashed):
+    its window and where it stopped. Called under the pass lock, so a 'running' one is dead."""
+    record: asyncpg.Record | None = await db.fetchrow(
+        """
+        SELECT id, since, until, resume FROM (
+            SELECT id, since, until, resume, state, dry_run FROM reconciliations
+            ORDER BY id DESC LIMIT 1
+        ) latest
+        WHERE NOT dry_run AND resume IS NOT NULL
+          AND state IN ('failed', 'interrupted', 'running')
+        """
+    )
+    return record
+
+
+async def reported_by_reconciliation(
+    db: Executor, message_ids: Sequence[UUID]
+) -> set[tuple[UUID, str, int | None]]:
+    """(message, status, error code) of every report reconciliation already logged for these."""
+    records = await db.fetch(
+        """
+        SELECT DISTINCT message_id, status, error_code FROM message_events
+        WHERE message_id = ANY($1::uuid[]) AND source IN ('reconcile', 'poll')
+        """,
+        list(message_ids),
+    )
+    return {(row["message_id"], row["status"], row["error_code"]) for row in records}

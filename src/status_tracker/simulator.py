@@ -20,6 +20,8 @@ on WhatsApp, `0007` and `0008` also end with `read`:
 | `0007`            | 201, but only after `create_timeout_seconds` | `sent`, `delivered`         |
 | `0008`            | 429, code 20429, twice per `To`; then 201    | `sent`, `delivered`         |
 | `0009`            | 201, only once the `sent` callback is in     | `sent`, `delivered`         |
+| `0011`            | 201                                          | `sent`, `delivered`,        |
+|                   |                                              | `undelivered` 30003         |
 | other `whatsapp:` | 201                                          | `sent`, `delivered`, `read` |
 | anything else     | 201                                          | `sent`, `delivered`         |
 
@@ -113,15 +115,21 @@ class SimulatorConfig:
     create_timeout_seconds: float = 30.0
     callback_timeout_seconds: float = 15.0
     time_scale: float = 1.0
+    # Share of GETs (fetches and list pages) answered 429 (code 20429) or 503 (code 20503).
+    get_429_probability: float = 0.0
+    get_5xx_probability: float = 0.0
 
     def __post_init__(self) -> None:
         if not _ACCOUNT_SID.fullmatch(self.account_sid):
             raise ValueError(f"account_sid must be AC and 32 lowercase hex: {self.account_sid!r}")
         if not 0 <= self.callback_delay_min <= self.callback_delay_max:
             raise ValueError("need 0 <= callback_delay_min <= callback_delay_max")
-        for name in ("duplicate_probability", "reorder_probability", "loss_probability"):
+        for name in ("duplicate_probability", "reorder_probability", "loss_probability",
+                     "get_429_probability", "get_5xx_probability"):  # fmt: skip
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1]")
+        if self.get_429_probability + self.get_5xx_probability > 1.0:
+            raise ValueError("get_429_probability + get_5xx_probability must not exceed 1")
         if self.time_scale < 0 or self.create_timeout_seconds < 0:
             raise ValueError("time_scale and create_timeout_seconds must not be negative")
         if self.callback_timeout_seconds <= 0:
@@ -368,6 +376,14 @@ class Simulator:
             uri = f"/{API_VERSION}/Accounts/{self.config.account_sid}/Messages/{sid}.json"
             raise TwilioError(404, 20404, f"The requested resource {uri} was not found")
         return message
+
+    def get_fault(self) -> None:
+        """Raise the 429 or 503 that a GET draws, at the configured rates."""
+        draw = self._rng.random()
+        if draw < self.config.get_429_probability:
+            raise TwilioError(429, 20429, "Too Many Requests")
+        if draw < self.config.get_429_probability + self.config.get_5xx_probability:
+            raise TwilioError(503, 20503, "Service Unavailable")
 
     def cancel(self, sid: str) -> SimulatedMessage:
         message = self.fetch(sid)
@@ -670,6 +686,7 @@ def create_simulator_app(
             return refusal
         if request.method == "GET":
             try:
+                simulator.get_fault()
                 return JSONResponse(simulator.page(request.query_params))
             except TwilioError as error:
                 return _error(error)
@@ -692,6 +709,7 @@ def create_simulator_app(
         sid = request.path_params["sid"]
         try:
             if request.method == "GET":
+                simulator.get_fault()
                 return JSONResponse(simulator.fetch(sid).to_json())
             form = _parse_form(await request.body())
             status = _field(form, "Status")
@@ -803,6 +821,10 @@ def _lifecycle(to: str, via_service: bool) -> list[_Step]:
     if outcome == "0001":
         return [*steps, _Step("undelivered", 30003)]
     steps.append(_Step("delivered"))
+    if outcome == "0011":
+        # A multi-segment SMS with one segment failing: the carrier reports both, the last wins
+        # at Twilio, where the precedence rule keeps `delivered`.
+        return [*steps, _Step("undelivered", 30003)]
     if _is_whatsapp(to):
         steps.append(_Step("read"))
     return steps
