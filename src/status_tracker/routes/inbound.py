@@ -1,5 +1,6 @@
 """Inbound messages, answered with TwiML so that replies are tracked too (TWILIO.md §2, §6)."""
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from string import Template
 from uuid import UUID
@@ -123,9 +124,16 @@ def _reply_text(settings: Settings, inbound: InboundMessage, keyword: str) -> st
     # Twilio answers opt-out and opt-in keywords itself.
     if not settings.auto_reply or keyword in OPT_OUT_KEYWORDS | OPT_IN_KEYWORDS:
         return None
-    return Template(settings.auto_reply).safe_substitute(
-        {"from": inbound.from_, "body": inbound.body}
-    )
+    return _render(settings, inbound)
+
+
+def _render(
+    settings: Settings,
+    inbound: InboundMessage,
+    number: Callable[[str, Settings], str | None] = lambda address, _: address,
+) -> str:
+    template = Template(settings.auto_reply or "")
+    return template.safe_substitute({"from": number(inbound.from_, settings), "body": inbound.body})
 
 
 async def _record_reply(
@@ -145,7 +153,8 @@ async def _record_reply(
         from_=privacy.redact_number(inbound.to, settings),
         messaging_service_sid=inbound.messaging_service_sid,
         channel=channel,
-        body=privacy.body(text, settings),
+        # The reply's text as stored: a `$from` in it is the sender's number, redacted likewise.
+        body=privacy.body(_render(settings, inbound, privacy.redact_number), settings),
         media_urls=None,
         content_sid=None,
         content_variables=None,
@@ -156,7 +165,15 @@ async def _record_reply(
         idempotency_key=None,
         request_hash="",
         created_at=at,
-        fields=privacy.scrub_fields({"twiml": {"to": inbound.from_, "body": text}}, settings),
+        fields=privacy.scrub_fields(
+            {
+                "twiml": {
+                    "to": inbound.from_,
+                    "body": _render(settings, inbound, privacy.redact_number),
+                }
+            },
+            settings,
+        ),
         direction="outbound-reply",
         in_reply_to=inbound_id,
     )
