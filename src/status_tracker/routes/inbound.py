@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from twilio.twiml.messaging_response import MessagingResponse
 
-from status_tracker import privacy, repository
+from status_tracker import opt_outs, privacy, repository
 from status_tracker.callbacks import MESSAGE_SID_PATTERN, StatusReport, channel_of
 from status_tracker.deps import PoolDep, SettingsDep, VerifierDep
 from status_tracker.ids import uuid7
@@ -19,10 +19,6 @@ from status_tracker.settings import Settings
 
 router = APIRouter(prefix="/webhooks/twilio", tags=["webhooks"])
 
-# Twilio's default opt-out and opt-in keywords: the whole body, any case.
-OPT_OUT_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT",
-                              "REVOKE"})  # fmt: skip
-OPT_IN_KEYWORDS = frozenset({"START", "YES", "UNSTOP", "OPTIN"})
 MAX_MEDIA = 10
 
 
@@ -93,8 +89,9 @@ async def inbound_message(
         fields=fields,
         query=query.as_fields(),
     )
-    keyword = inbound.body.strip().upper()
-    reply_text = _reply_text(settings, inbound, keyword)
+    opt_out_type = fields.get("OptOutType")
+    kind = opt_outs.kind_of(inbound.body, opt_out_type if isinstance(opt_out_type, str) else None)
+    reply_text = _reply_text(settings, inbound, kind)
     async with pool.acquire(timeout=settings.db_timeout_seconds) as connection:
         async with connection.transaction():
             message_id, first_time = await repository.record_inbound(
@@ -103,10 +100,12 @@ async def inbound_message(
                 privacy.body(inbound.body, settings),
                 media or None,
             )
-            if keyword in OPT_OUT_KEYWORDS | OPT_IN_KEYWORDS:
+            if kind == "STOP" or kind == "START":
                 await repository.record_opt_out(
                     connection, privacy.number_sha256(inbound.from_),
-                    keyword in OPT_OUT_KEYWORDS, keyword, received_at, message_id,
+                    opt_outs.scope(inbound.messaging_service_sid, inbound.to),
+                    kind == "STOP", inbound.body.strip().upper()[:64] or kind, received_at,
+                    message_id,
                 )  # fmt: skip
             if reply_text is None:
                 return Response(EMPTY_TWIML, media_type="application/xml")
@@ -120,9 +119,11 @@ async def inbound_message(
     return Response(str(twiml), media_type="application/xml")
 
 
-def _reply_text(settings: Settings, inbound: InboundMessage, keyword: str) -> str | None:
-    # Twilio answers opt-out and opt-in keywords itself.
-    if not settings.auto_reply or keyword in OPT_OUT_KEYWORDS | OPT_IN_KEYWORDS:
+def _reply_text(
+    settings: Settings, inbound: InboundMessage, kind: opt_outs.Kind | None
+) -> str | None:
+    # Twilio answers STOP, START and HELP itself.
+    if not settings.auto_reply or kind is not None:
         return None
     return _render(settings, inbound)
 
