@@ -76,6 +76,9 @@ def twilio_params(request: SendMessage, settings: Settings, message_id: UUID) ->
             "Give 'from' or 'messaging_service_sid' (or set TWILIO_FROM or "
             "TWILIO_MESSAGING_SERVICE_SID).",
         )
+    if sender is not None and request.to.startswith("whatsapp:") and sender.startswith("+"):
+        # Twilio refuses a WhatsApp To with an SMS From (21910): the sender's WhatsApp address.
+        sender = "whatsapp:" + sender
     if request.body is None and request.media_urls is None and request.content_sid is None:
         raise InvalidSend("body", "Give 'body', 'media_urls' or 'content_sid'.")
     if request.content_variables is not None and request.content_sid is None:
