@@ -176,10 +176,13 @@ async def test_an_opt_out_through_a_messaging_service_holds_for_that_service(rep
     assert (refused.status_code, refused.json()["twilio_code"]) == (400, 21610)
     assert (await send(replying, messaging_service_sid=OTHER_SERVICE)).status_code == 201
     assert (await send(replying)).status_code == 201
+    # The pool number the STOP went to, sending alone, is still that service's number.
+    assert (await send(replying, **{"from": "+15017122661"})).status_code == 400
     start = inbound_fields(new_sid(), "START", sender=RECIPIENT, To="+15017122661",
                            MessagingServiceSid=SERVICE)  # fmt: skip
     await post_inbound(replying, start)
     assert (await send(replying, messaging_service_sid=SERVICE)).status_code == 201
+    assert (await send(replying, **{"from": "+15017122661"})).status_code == 201
 
 
 async def test_advanced_opt_out_types_are_honoured_and_help_gets_no_auto_reply(replying, db):

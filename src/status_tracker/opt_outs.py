@@ -3,7 +3,8 @@
 The model. A recipient opts out of a *sender*, not of the service: of the sender number it wrote
 to, or of the whole Messaging Service (its pool of numbers) when its message came through one.
 So an opt-out is kept per (recipient, scope), the scope being the Messaging Service SID or the
-sender number's SHA-256, and a send is refused here (21610, nothing sent) only when its own scope
+sender number's SHA-256 (a STOP through a service records both: its number, sending alone, is
+still that service's), and a send is refused here (21610, nothing sent) only when its own scope
 (its Messaging Service if it names one, else its `from`) has the recipient opted out. Opt-outs
 stored before scopes existed hold for every sender (scope `*`) until the number opts in again.
 
@@ -45,7 +46,14 @@ def kind_of(body: str, opt_out_type: str | None) -> Kind | None:
 
 
 def scope(messaging_service_sid: str | None, sender: str | None) -> str:
-    """The sender an opt-out applies to: the Messaging Service, else the sender number."""
+    """The scope a send is checked against: its Messaging Service, else its sender number."""
     if messaging_service_sid:
         return messaging_service_sid
     return number_sha256(sender or "")
+
+
+def scopes_of(messaging_service_sid: str | None, to: str) -> list[str]:
+    """The scopes a STOP or START sent to `to` applies to: the number, and its Messaging Service
+    when it came through one (the service's whole pool, that number sending alone included)."""
+    number = number_sha256(to)
+    return [messaging_service_sid, number] if messaging_service_sid else [number]

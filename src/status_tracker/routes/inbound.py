@@ -101,12 +101,12 @@ async def inbound_message(
                 media or None,
             )
             if kind == "STOP" or kind == "START":
-                await repository.record_opt_out(
-                    connection, privacy.number_sha256(inbound.from_),
-                    opt_outs.scope(inbound.messaging_service_sid, inbound.to),
-                    kind == "STOP", inbound.body.strip().upper()[:64] or kind, received_at,
-                    message_id,
-                )  # fmt: skip
+                for scope in opt_outs.scopes_of(inbound.messaging_service_sid, inbound.to):
+                    await repository.record_opt_out(
+                        connection, privacy.number_sha256(inbound.from_), scope,
+                        kind == "STOP", inbound.body.strip().upper()[:64] or kind, received_at,
+                        message_id,
+                    )  # fmt: skip
             if reply_text is None:
                 return Response(EMPTY_TWIML, media_type="application/xml")
             # Twilio retries an inbound whose answer it never got: answer with the same reply.
