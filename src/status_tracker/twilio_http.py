@@ -33,7 +33,7 @@ _logger = logging.getLogger(__name__)
 class RetryPolicy:
     """How a GET answered 429 or 5xx is retried."""
 
-    attempts: int = 6  # retries after the first try
+    attempts: int = 10  # retries after the first try
     backoff_seconds: float = 0.5  # the first wait; doubled each time, with jitter
     max_wait_seconds: float = 30.0  # no single wait longer (Retry-After included)
     budget_seconds: float = 120.0  # total waiting per request
