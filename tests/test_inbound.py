@@ -1,12 +1,17 @@
 """Inbound messages: stored, answered with TwiML, replies tracked, opt-outs enforced."""
 
+import asyncio
 import xml.etree.ElementTree as ElementTree
 from urllib.parse import urlsplit
 
+import asyncpg
+import httpx
 import pytest
 from pydantic import SecretStr
 from twilio.twiml.messaging_response import MessagingResponse
 
+from status_tracker.database import downgrade, migrate
+from status_tracker.privacy import number_sha256
 from tests.conftest import Simulator, app_client
 from tests.support import ACCOUNT_SID, AUTH_TOKEN, callback_fields, new_sid, signed
 
@@ -155,3 +160,113 @@ async def test_inbound_does_not_need_the_api_key(client):
     response = await post_inbound(client, inbound_fields(new_sid(), "hi"))
     assert response.status_code == 200
     assert SecretStr(AUTH_TOKEN).get_secret_value() not in response.text
+
+
+SERVICE = "MG" + "1" * 32
+OTHER_SERVICE = "MG" + "2" * 32
+RECIPIENT = "+14155550123"
+
+
+async def send(client, **message: str) -> httpx.Response:  # type: ignore[no-untyped-def]
+    return await client.post("/v1/messages", json={"to": RECIPIENT, "body": "promo", **message})
+
+
+async def test_an_opt_out_holds_for_the_sender_number_it_was_sent_to_only(replying):
+    await post_inbound(replying, inbound_fields(new_sid(), "STOP", sender=RECIPIENT))
+    refused = await send(replying)  # from TWILIO_FROM, the number the STOP went to
+    assert (refused.status_code, refused.json()["twilio_code"]) == (400, 21610)
+    assert (await send(replying, **{"from": "+15005550099"})).status_code == 201
+    assert (await send(replying, messaging_service_sid=SERVICE)).status_code == 201
+
+
+async def test_an_opt_out_through_a_messaging_service_holds_for_that_service(replying):
+    stop = inbound_fields(new_sid(), "stop", sender=RECIPIENT, To="+15017122661",
+                          MessagingServiceSid=SERVICE)  # fmt: skip
+    await post_inbound(replying, stop)
+    refused = await send(replying, messaging_service_sid=SERVICE)
+    assert (refused.status_code, refused.json()["twilio_code"]) == (400, 21610)
+    assert (await send(replying, messaging_service_sid=OTHER_SERVICE)).status_code == 201
+    assert (await send(replying)).status_code == 201
+    # The pool number the STOP went to, sending alone, is still that service's number.
+    assert (await send(replying, **{"from": "+15017122661"})).status_code == 400
+    start = inbound_fields(new_sid(), "START", sender=RECIPIENT, To="+15017122661",
+                           MessagingServiceSid=SERVICE)  # fmt: skip
+    await post_inbound(replying, start)
+    assert (await send(replying, messaging_service_sid=SERVICE)).status_code == 201
+    assert (await send(replying, **{"from": "+15017122661"})).status_code == 201
+
+
+async def test_advanced_opt_out_types_are_honoured_and_help_gets_no_auto_reply(replying, db):
+    empty = str(MessagingResponse())
+    arret = inbound_fields(new_sid(), "ARRET", sender=RECIPIENT, OptOutType="STOP")
+    assert (await post_inbound(replying, arret)).text == empty
+    assert (await send(replying)).status_code == 400
+    for help_ in (inbound_fields(new_sid(), "AIDE", sender=RECIPIENT, OptOutType="HELP"),
+                  inbound_fields(new_sid(), "info", sender=RECIPIENT),
+                  inbound_fields(new_sid(), "HELP", sender=RECIPIENT)):  # fmt: skip
+        assert (await post_inbound(replying, help_)).text == empty
+    assert (await send(replying)).status_code == 400  # HELP changes nothing
+    demarrer = inbound_fields(new_sid(), "DEMARRER", sender=RECIPIENT, OptOutType="START")
+    assert (await post_inbound(replying, demarrer)).text == empty
+    assert (await send(replying)).status_code == 201
+    # An ordinary message still gets the auto-reply; no reply was stored for the keywords.
+    assert "<Message" in (await post_inbound(replying, inbound_fields(new_sid(), "hello"))).text
+    assert (
+        await db.fetchval("SELECT count(*) FROM messages WHERE direction = 'outbound-reply'") == 1
+    )
+
+
+async def test_a_21610_from_twilio_records_the_opt_out(replying, db):
+    opted_out_at_twilio = "+14155550003"  # the simulator answers 21610
+    first = await replying.post("/v1/messages", json={"to": opted_out_at_twilio, "body": "b"})
+    assert (first.status_code, first.json()["twilio_code"]) == (400, 21610)
+    assert await db.fetchval("SELECT keyword FROM opt_outs WHERE opted_out") == "21610"
+    second = await replying.post("/v1/messages", json={"to": opted_out_at_twilio, "body": "b"})
+    assert (second.status_code, second.json()["twilio_code"]) == (400, 21610)
+    events = await db.fetch(
+        "SELECT fields FROM message_events WHERE message_id = $1::uuid",
+        second.json()["message_id"],
+    )
+    # Refused here, not sent to Twilio again.
+    assert any(event["fields"].get("refused_locally") for event in events)
+
+
+async def test_opt_outs_from_before_scopes_hold_for_every_sender_across_the_upgrade(
+    database_url, settings, tmp_path
+):
+    await asyncio.to_thread(downgrade, database_url, "2026_12_04_layout")
+    connection = await asyncpg.connect(database_url)
+    try:
+        message_id = await connection.fetchval(
+            "INSERT INTO messages (status, status_rank) VALUES ('received', 130) RETURNING id"
+        )
+        await connection.execute(
+            "INSERT INTO opt_outs (number_sha256, opted_out, keyword, changed_at, message_id) "
+            "VALUES ($1, true, 'STOP', now() - interval '1 day', $2)",
+            number_sha256(RECIPIENT), message_id,
+        )  # fmt: skip
+        await asyncio.to_thread(migrate, database_url)
+        simulator = Simulator(tmp_path, "--delay-min", "0", "--delay-max", "0.05")
+        configured = settings.model_copy(update={
+            "twilio_account_sid": ACCOUNT_SID, "twilio_api_base_url": simulator.url,
+            "twilio_from": "+15005550006",
+        })  # fmt: skip
+        try:
+            async with app_client(configured) as client:
+                assert (await send(client)).status_code == 400
+                assert (await send(client, messaging_service_sid=SERVICE)).status_code == 400
+                # A STOP to one sender, then START to another: the old opt-out is lifted.
+                await post_inbound(client, inbound_fields(new_sid(), "STOP", sender=RECIPIENT))
+                start = inbound_fields(new_sid(), "START", sender=RECIPIENT, To="+15005550099")
+                await post_inbound(client, start)
+                assert (await send(client, **{"from": "+15005550099"})).status_code == 201
+                assert (await send(client)).status_code == 400
+        finally:
+            simulator.close()
+        assert await connection.fetchval("SELECT count(*) FROM opt_outs") == 3
+        await asyncio.to_thread(downgrade, database_url, "2026_12_04_layout")
+        # One row a number; an opt-out kept over an opt-in.
+        rows = await connection.fetch("SELECT number_sha256, opted_out FROM opt_outs")
+        assert [tuple(row) for row in rows] == [(number_sha256(RECIPIENT), True)]
+    finally:
+        await connection.close()

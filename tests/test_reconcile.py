@@ -1,6 +1,7 @@
 """Reconciliation against the simulator losing callbacks and timing out creates."""
 
 import asyncio
+import itertools
 import random
 import re
 import subprocess
@@ -9,17 +10,19 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 from pydantic import SecretStr
 
-from status_tracker.database import create_pool
+from status_tracker.database import create_pool, downgrade, migrate
 from status_tracker.precedence import FINAL_STATUSES
 from status_tracker.reconcile import PassNotDue, PassRunning, run_pass
 from status_tracker.repository import RECONCILE_LOCK, STALE_MESSAGES
 from status_tracker.settings import Settings
 from status_tracker.twilio_api import TwilioApi
+from status_tracker.twilio_http import RetryPolicy
 from tests.conftest import ENV_PREFIXES, Server, Simulator, sending_environment
-from tests.support import ACCOUNT_SID, API_KEY, AUTH_TOKEN
+from tests.support import ACCOUNT_SID, API_KEY, AUTH_TOKEN, callback_fields, new_sid, signed
 
 SUFFIXES = ["0100", "0100", "0001", "0002", "0005", "0006", "0007"]
 
@@ -355,3 +358,198 @@ async def test_the_stale_query_and_its_index_know_exactly_the_final_statuses(
         now = datetime.now(UTC)
         plan = await db.fetch(f"EXPLAIN {STALE_MESSAGES}", now - timedelta(days=1), now)
     assert "messages_not_final" in "\n".join(row[0] for row in plan)
+
+
+FAST_RETRY = RetryPolicy(backoff_seconds=0.01, max_wait_seconds=0.05)
+
+
+@pytest.fixture
+def faulty_simulator(tmp_path) -> AsyncIterator[Simulator]:
+    """Loses callbacks, and answers a fifth of GETs 429 and a tenth 503."""
+    simulator = Simulator(tmp_path, "--seed", "11", "--loss", "0.4", "--create-timeout", "2",
+                          "--delay-min", "0", "--delay-max", "0.05",
+                          "--get-429", "0.2", "--get-5xx", "0.1")  # fmt: skip
+    yield simulator
+    simulator.close()
+
+
+def faulty_settings(database_url: str, simulator: Simulator) -> Settings:
+    return Settings(
+        database_url=SecretStr(database_url),
+        twilio_account_sid=ACCOUNT_SID,
+        twilio_auth_token=SecretStr(AUTH_TOKEN),
+        twilio_api_base_url=simulator.url,
+    )
+
+
+async def test_a_pass_through_429s_and_503s_on_every_get_completes_with_every_status_right(
+    database_url, faulty_simulator, tmp_path, db
+):
+    settings = faulty_settings(database_url, faulty_simulator)
+    started = datetime.now(UTC) - timedelta(minutes=1)
+    await send_through_the_service(database_url, faulty_simulator, tmp_path, 80)
+    # Small pages: the listing crosses many of them, each a GET that may be refused.
+    api = TwilioApi(ACCOUNT_SID, AUTH_TOKEN, base_url=faulty_simulator.url,
+                    get_retry=FAST_RETRY, page_size=10)  # fmt: skip
+    pool = await create_pool(settings, database_url)
+    try:
+        truth = await twilio_statuses(api)
+        stale_now = settings.model_copy(update={"stale_after": timedelta(0)})
+        report = await run_pass(pool, api, stale_now, since=started,
+                                until=datetime.now(UTC) + timedelta(minutes=1))  # fmt: skip
+    finally:
+        await api.close()
+        await pool.close()
+    assert (report.state, report.errors) == ("finished", [])
+    assert report.counts["status_differs"] > 0
+    after = await stored(db)
+    assert {sid: after.get(sid) for sid in truth} == truth
+
+
+async def test_a_pass_stopped_by_an_outage_is_resumed_where_it_stopped(
+    database_url, faulty_simulator, db
+):
+    settings = faulty_settings(database_url, faulty_simulator)
+    # Twilio's own, sent elsewhere: every one is missing locally, none has callbacks.
+    direct = TwilioApi(ACCOUNT_SID, AUTH_TOKEN, base_url=faulty_simulator.url, get_retry=FAST_RETRY)
+    sids = [
+        (await direct.create_message(to=f"+1415555{n:04d}", from_=SENDER, body="b")).sid
+        for n in range(100, 160)
+    ]
+    await asyncio.sleep(1)
+    truth = await twilio_statuses(direct)
+    await direct.close()
+    # No retries at all: every refused GET stops the pass, as a long outage would.
+    impatient = TwilioApi(ACCOUNT_SID, AUTH_TOKEN, base_url=faulty_simulator.url,
+                          get_retry=RetryPolicy(attempts=0), page_size=10)  # fmt: skip
+    pool = await create_pool(settings, database_url)
+    window = around_now()
+    reports = []
+    try:
+        while len(reports) < 40 and not (reports and reports[-1].state == "finished"):
+            reports.append(await run_pass(pool, impatient, settings, **window))
+            saved = await db.fetchval(
+                "SELECT resume FROM reconciliations WHERE id = $1", reports[-1].reconciliation_id
+            )
+            if reports[-1].state == "finished":
+                assert saved is None
+            elif saved is not None:
+                assert "PageToken=" in saved["next_page_url"]
+    finally:
+        await impatient.close()
+        await pool.close()
+    assert reports[-1].state == "finished"
+    stopped_mid_listing = [
+        later for earlier, later in itertools.pairwise(reports)
+        if await db.fetchval("SELECT resume IS NOT NULL FROM reconciliations WHERE id = $1",
+                             earlier.reconciliation_id)
+    ]  # fmt: skip
+    assert stopped_mid_listing, "no pass stopped mid-listing: pick another seed"
+    assert all(report.counts["resumed"] == 1 for report in stopped_mid_listing)
+    # Progress kept: together the passes added every message once, none twice.
+    assert sum(report.counts["missing_locally"] for report in reports) == len(sids)
+    after = await stored(db)
+    assert {sid: after.get(sid) for sid in sids} == {sid: truth[sid] for sid in sids}
+
+
+async def test_a_lower_twilio_status_is_logged_and_reported_as_a_conflict_not_applied(
+    twilio, pool, pass_settings, db, client
+):
+    # Twilio's resource ends `undelivered` 30003 (one segment failed); our only callback said
+    # `delivered`.
+    message = await twilio.create_message(to="+14155550011", from_=SENDER, body="b" * 400)
+    await asyncio.sleep(0.5)
+    assert (await twilio.fetch_message(message.sid)).status == "undelivered"
+    path, body, headers = signed(callback_fields(message.sid, "delivered", To="+14155550011"))
+    assert (await client.post(path, content=body, headers=headers)).status_code == 204
+
+    reports = [await run_pass(pool, twilio, pass_settings, **around_now()) for _ in range(2)]
+    for report in reports:
+        assert report.state == "finished"
+        assert report.counts["status_conflict"] == 1
+        [conflict] = [d for d in report.unresolved if d.kind == "status_conflict"]
+        assert conflict.sid == message.sid
+        assert conflict.detail["stored_status"] == "delivered"
+        assert (conflict.detail["twilio_status"], conflict.detail["twilio_error_code"]) == (
+            "undelivered",
+            30003,
+        )
+    shown = (await client.get(f"/v1/messages/{message.sid}")).json()
+    assert (shown["status"], shown["error_code"]) == ("delivered", None)
+    assert shown["reports_conflict"] is True
+    assert [(c["status"], c["error_code"], c["source"]) for c in shown["conflicts"]] == [
+        ("undelivered", 30003, "reconcile")
+    ]
+    # Logged once, flagged as not changing the status, however many passes see it.
+    assert [(e["status"], e["source"], e["changed_status"]) for e in shown["events"]] == [
+        ("delivered", "callback", True),
+        ("undelivered", "reconcile", False),
+    ]
+    recorded = (await client.get(f"/v1/reconciliations/{reports[0].reconciliation_id}")).json()
+    assert [d["kind"] for d in recorded["unresolved"]] == ["status_conflict"]
+
+
+async def test_a_read_message_that_twilio_calls_delivered_is_no_conflict(client) -> None:
+    sid = new_sid()
+    for status in ("delivered", "read"):
+        path, body, headers = signed(callback_fields(sid, status))
+        assert (await client.post(path, content=body, headers=headers)).status_code == 204
+    shown = (await client.get(f"/v1/messages/{sid}")).json()
+    assert (shown["status"], shown["reports_conflict"], shown["conflicts"]) == ("read", False, [])
+
+
+async def test_a_store_with_passes_upgrades_to_resumable_passes_and_back(database_url):
+    await asyncio.to_thread(downgrade, database_url, "2026_12_04_layout")
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(
+            "INSERT INTO reconciliations (since, until, dry_run, state, counts) "
+            "SELECT now() - g * interval '1 day', now(), false, 'finished', '{\"x\": 1}' "
+            "FROM generate_series(1, 50) g"
+        )
+        before = [dict(row) for row in await connection.fetch("SELECT * FROM reconciliations")]
+        await asyncio.to_thread(migrate, database_url)
+        after = [dict(row) for row in await connection.fetch("SELECT * FROM reconciliations")]
+        assert [{**row, "resume": None} for row in before] == after
+        await asyncio.to_thread(downgrade, database_url, "2026_12_04_layout")
+        again = [dict(row) for row in await connection.fetch("SELECT * FROM reconciliations")]
+        assert again == before
+    finally:
+        await connection.close()
+
+
+def test_reconcile_command_resumes_the_pass_that_stopped_mid_listing(database_url, lossy_simulator):
+    import os
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
+    environment.update({
+        "DATABASE_URL": database_url, "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "TWILIO_API_BASE_URL": lossy_simulator.url,
+    })  # fmt: skip
+
+    def resume() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["status-tracker", "reconcile", "--resume"], env=environment,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    nothing = resume()
+    assert nothing.returncode != 0 and "did not stop mid-listing" in nothing.stderr
+
+    async def stopped_pass() -> None:
+        connection = await asyncpg.connect(database_url)
+        try:
+            page = f"{lossy_simulator.url}/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"
+            await connection.execute(
+                "INSERT INTO reconciliations (since, until, dry_run, state, resume) "
+                "VALUES ('2026-11-23T00:00:00Z', '2026-11-24T00:00:00Z', false, 'failed', $1)",
+                orjson.dumps(
+                    {"next_page_url": page + "?PageSize=10&Page=0", "unknown": []}
+                ).decode(),
+            )
+        finally:
+            await connection.close()
+
+    asyncio.run(stopped_pass())
+    done = resume()
+    assert done.returncode == 0, done.stderr
+    assert "window 2026-11-23T00:00:00+00:00 .. 2026-11-24T00:00:00+00:00" in done.stdout
+    assert "resumed" in done.stdout

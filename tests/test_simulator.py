@@ -197,15 +197,21 @@ async def test_plain_send_is_queued_then_sent_and_delivered(
     ("to", "statuses", "error_code"),
     [
         ("+14155550001", ["sent", "undelivered"], 30003),
-        ("+14155550002", ["failed"], 30007),
+        # Carrier filtering comes after sending: `undelivered`, as Twilio reports it.
+        ("+14155550002", ["sent", "undelivered"], 30007),
         ("+14155550005", ["sent"], None),
+        ("+14155550010", ["failed"], 30001),
+        # One message reported both ways: a segment of several failed.
+        ("+14155550011", ["sent", "delivered", "undelivered"], 30003),
         ("whatsapp:+14155550100", ["sent", "delivered", "read"], None),
+        ("rcs:+14155550100", ["sent", "delivered", "read"], None),
     ],
 )
 async def test_outcome_follows_the_last_four_digits_of_to(
     twilio: Twilio, receiver: Receiver, to: str, statuses: list[str], error_code: int | None
 ) -> None:
-    message = await twilio.create(to, status_callback=receiver.url())
+    channel = to.partition(":")[0] + ":" if ":" in to else ""
+    message = await twilio.create(to, from_=channel + SENDER, status_callback=receiver.url())
     await twilio.simulator.drain()
 
     assert receiver.statuses(message.sid) == statuses
@@ -226,7 +232,9 @@ async def test_whatsapp_callbacks_carry_channel_fields_and_read_event(
     calls = receiver.received(message.sid)
     assert all(call.params["ChannelPrefix"] == "whatsapp" for call in calls)
     assert all("RawDlrDoneDate" not in call.params for call in calls)
-    assert calls[-1].params["EventType"] == "READ"
+    sent, delivered, read = (call.params for call in calls)
+    assert (sent["StructuredMessage"], "EventType" in sent) == ("false", False)
+    assert (delivered["EventType"], read["EventType"]) == ("DELIVERED", "READ")
     assert re.fullmatch(r"XE[0-9a-f]{32}", calls[-1].params["ChannelInstallSid"])
 
 
@@ -515,7 +523,9 @@ async def test_reordered_callbacks_arrive_out_of_order(
     start_twilio: StartTwilio, receiver: Receiver
 ) -> None:
     twilio = await start_twilio(reorder_probability=1.0)
-    message = await twilio.create("whatsapp:+14155550100", status_callback=receiver.url())
+    message = await twilio.create(
+        "whatsapp:+14155550100", from_="whatsapp:" + SENDER, status_callback=receiver.url()
+    )
     await twilio.simulator.drain()
 
     received = receiver.statuses(message.sid)
@@ -581,3 +591,47 @@ async def test_connection_failure_is_retried_once(twilio: Twilio) -> None:
     await twilio.simulator.drain()
 
     assert {(r.attempts, r.outcome) for r in twilio.simulator.callbacks} == {(2, "failed")}
+
+
+async def test_gets_are_answered_429_and_503_at_seeded_rates(start_twilio: StartTwilio) -> None:
+    twilio = await start_twilio(get_429_probability=0.3, get_5xx_probability=0.2)
+    message = await twilio.create("+14155550100")
+    answers: list[tuple[int, int | None]] = []
+    async with httpx.AsyncClient(base_url=twilio.base_url, auth=(ACCOUNT_SID, AUTH_TOKEN)) as http:
+        for path in [message.uri, message.uri.rsplit("/", 1)[0] + ".json"] * 100:
+            response = await http.get(path)
+            answers.append((response.status_code, response.json().get("code")))
+    counts = {answer: answers.count(answer) for answer in set(answers)}
+    assert set(counts) == {(200, None), (429, 20429), (503, 20503)}
+    assert 40 <= counts[(429, 20429)] <= 80 and 20 <= counts[(503, 20503)] <= 60
+    # A create is never answered so: only GETs are.
+    assert (await twilio.create("+14155550101")).status == "queued"
+    with pytest.raises(ValueError):
+        SimulatorConfig(get_429_probability=0.7, get_5xx_probability=0.7)
+
+
+@pytest.mark.parametrize(
+    ("to", "from_"),
+    [("whatsapp:+14155550100", SENDER), ("+14155550100", "whatsapp:" + SENDER),
+     ("rcs:+14155550100", SENDER)],
+)  # fmt: skip
+async def test_a_from_of_another_channel_than_to_is_refused_like_twilio(
+    twilio: Twilio, to: str, from_: str
+) -> None:
+    with pytest.raises(TwilioRestException) as refused:
+        await twilio.create(to, from_=from_)
+    assert (refused.value.status, refused.value.code) == (400, 21910)
+    assert twilio.simulator.messages == {}
+
+
+async def test_rcs_through_a_messaging_service_is_sent_from_an_rcs_sender(
+    twilio: Twilio, receiver: Receiver
+) -> None:
+    message = await twilio.client.messages.create_async(
+        to="rcs:+14155550100", messaging_service_sid=SERVICE_SID, body="hi",
+        status_callback=receiver.url(),
+    )  # fmt: skip
+    await twilio.simulator.drain()
+    assert receiver.statuses(message.sid) == ["queued", "sent", "delivered", "read"]
+    assert {call.params["ChannelPrefix"] for call in receiver.received(message.sid)} == {"rcs"}
+    assert (await twilio.fetch(message.sid)).from_.startswith("rcs:")

@@ -15,6 +15,7 @@ from asgi_lifespan import LifespanManager
 from pydantic import SecretStr
 
 from status_tracker.app import create_app
+from status_tracker.settings import Settings
 from tests.conftest import Server
 from tests.support import (
     API_KEY,
@@ -378,3 +379,42 @@ def test_unsigned_and_slow_bodies_do_not_hold_a_connection(database_url: str, tm
         assert slow.startswith(b"HTTP/1.1 408"), slow
         assert b"application/problem+json" in slow
         assert 0.9 < seconds < 5
+
+
+def shared_key_signed(fields: dict[str, str], key: str, key_id: str) -> tuple[str, bytes, dict]:
+    target, body, headers = signed(fields)
+    payload = PUBLIC_URL + target + "".join(k + v for k, v in sorted(fields.items()))
+    digest = hmac.new(key.encode(), payload.encode(), hashlib.sha256).digest()
+    headers["X-Twilio-Signature"] = base64.b64encode(digest).decode()
+    headers["X-Twilio-Webhooks-Signature-Settings"] = f"key={key_id},algorithm=HMAC_SHA256"
+    return target, body, headers
+
+
+async def test_several_shared_keys_are_accepted_each_by_its_key_id(settings, db):
+    keys = {"webhooks_sharedkey_old": "old-secret", "webhooks_sharedkey_new": "new-secret"}
+    with_keys = settings.model_copy(
+        update={"twilio_webhook_shared_keys": {k: SecretStr(v) for k, v in keys.items()}}
+    )
+    sid = new_sid()
+    async with LifespanManager(create_app(with_keys)) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://internal") as client:
+
+            async def answer(status: str, key: str, key_id: str) -> int:
+                target, body, headers = shared_key_signed(callback_fields(sid, status), key, key_id)
+                return (await client.post(target, content=body, headers=headers)).status_code
+
+            # Mid-rotation, Twilio signs some callbacks with the old key and some with the new.
+            assert await answer("sent", "old-secret", "webhooks_sharedkey_old") == 204
+            assert await answer("delivered", "new-secret", "webhooks_sharedkey_new") == 204
+            # A key checks only the signatures that name it; an id not configured is refused.
+            assert await answer("read", "old-secret", "webhooks_sharedkey_new") == 403
+            assert await answer("read", "new-secret", "webhooks_sharedkey_gone") == 403
+    assert await count(db) == (1, 2)
+
+
+def test_shared_keys_are_read_as_id_secret_pairs() -> None:
+    read = Settings(_env_file=None, TWILIO_WEBHOOK_SHARED_KEYS="k1=s1, k2=s2=with-equals")
+    assert read.webhook_shared_keys == {"k1": "s1", "k2": "s2=with-equals"}
+    with pytest.raises(ValueError):
+        Settings(_env_file=None, TWILIO_WEBHOOK_SHARED_KEYS="k1")

@@ -61,9 +61,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         shared_key = settings.twilio_webhook_shared_key
         verifier = SignatureVerifier(
-            settings.signing_tokens, shared_key.get_secret_value() if shared_key else None
+            settings.signing_tokens,
+            shared_key.get_secret_value() if shared_key else None,
+            settings.webhook_shared_keys,
         )
-        if not settings.signing_tokens and shared_key is None:
+        if not verifier.configured:
             log.warning("no TWILIO_AUTH_TOKEN: every webhook will be refused (403)")
         keys = [key.get_secret_value() for key in settings.api_keys]
         if not keys:

@@ -229,10 +229,15 @@ def reconcile_command(args: argparse.Namespace) -> None:
     since = args.since or until - timedelta(days=1)
     if since.tzinfo is None or until.tzinfo is None:
         raise SystemExit("status-tracker: give --since and --until with a time zone (…Z).")
+    if args.resume and (args.since or args.until or args.dry_run):
+        raise SystemExit("status-tracker: --resume takes the stopped pass's window, alone.")
     with database(settings) as (dsn, embedded):
         if embedded:
             run_migrations(dsn)
-        report = asyncio.run(_reconcile(settings, dsn, since, until, args.dry_run))
+        report = asyncio.run(
+            _reconcile(settings, dsn, since, until, args.dry_run, resume=args.resume)
+        )
+        since, until = report.since, report.until
     print(f"reconciliation {report.reconciliation_id}: {report.state} in "
           f"{report.duration_seconds:.1f} s, window {since.isoformat()} .. {until.isoformat()}"
           f"{' (dry run: nothing applied)' if report.dry_run else ''}")  # fmt: skip
@@ -249,12 +254,23 @@ def reconcile_command(args: argparse.Namespace) -> None:
 
 
 async def _reconcile(
-    settings: Settings, dsn: str, since: datetime, until: datetime, dry_run: bool
+    settings: Settings,
+    dsn: str,
+    since: datetime,
+    until: datetime,
+    dry_run: bool,
+    *,
+    resume: bool = False,
 ) -> reconcile.PassReport:
     twilio = TwilioApi.from_settings(settings)
     assert twilio is not None, "checked by the caller"
     pool = await create_pool(settings, dsn)
     try:
+        if resume:
+            stopped = await reconcile.resumable_window(pool)
+            if stopped is None:
+                raise SystemExit("status-tracker: the last pass did not stop mid-listing.")
+            since, until = stopped
         return await reconcile.run_pass(
             pool, twilio, settings, since=since, until=until, dry_run=dry_run,
             progress=lambda phase, count: print(f"  {phase}: {count}", file=sys.stderr),
@@ -289,6 +305,8 @@ def simulator_command(args: argparse.Namespace) -> None:
         loss_probability=args.loss,
         create_timeout_seconds=args.create_timeout,
         time_scale=args.time_scale,
+        get_429_probability=args.get_429,
+        get_5xx_probability=args.get_5xx,
     )
     if token := os.environ.get("TWILIO_AUTH_TOKEN"):
         config.auth_token = token
@@ -331,6 +349,12 @@ def main(argv: list[str] | None = None) -> None:
     reconcile_parser.add_argument(
         "--dry-run", action="store_true", help="report what differs, apply nothing"
     )
+    reconcile_parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="take up the last pass where it stopped (Twilio down past the retry budget), "
+        "over its window",
+    )
     reconcile_parser.set_defaults(handler=reconcile_command)
 
     simulator_parser = commands.add_parser(
@@ -355,6 +379,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     simulator_parser.add_argument(
         "--parent-pid", type=int, default=None, help="exit when this process is gone"
+    )
+    simulator_parser.add_argument(
+        "--get-429", type=float, default=0.0, help="probability a fetch or list page gets 429"
+    )
+    simulator_parser.add_argument(
+        "--get-5xx", type=float, default=0.0, help="probability a fetch or list page gets 503"
     )
     simulator_parser.set_defaults(handler=simulator_command)
 

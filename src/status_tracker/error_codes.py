@@ -16,6 +16,7 @@ DESCRIPTIONS: dict[int, str] = {
     21611: "The sender's queue is full: too many messages waiting to be sent.",
     21614: "The 'To' number is not a mobile number.",
     21635: "The 'To' number is a landline and cannot receive SMS.",
+    21910: "Sender and recipient are on different channels (say, an SMS number to WhatsApp).",
     30001: "Queue overflow: the message waited longer than its validity period.",
     30002: "The Twilio account is suspended.",
     30003: "The handset is unreachable (off, out of coverage); often temporary.",

@@ -8,7 +8,7 @@ from uuid import UUID
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from status_tracker.error_codes import describe
-from status_tracker.precedence import Report, is_known
+from status_tracker.precedence import Report, conflicts, is_known
 
 
 class Event(BaseModel):
@@ -107,7 +107,25 @@ class MessageSummary(BaseModel):
     in_reply_to: UUID | None
 
 
+class ConflictingReport(BaseModel):
+    """A report of a final status that lost to the stored one: the message's reports conflict."""
+
+    event_id: int
+    status: str
+    error_code: int | None
+    error_description: str | None
+    source: str
+    received_at: datetime
+
+
 class Message(MessageSummary):
+    reports_conflict: bool = Field(
+        description="True when a report of another final status lost to the stored one "
+        "(say Twilio's `undelivered` under a `delivered` callback): see `conflicts`"
+    )
+    conflicts: list[ConflictingReport] = Field(
+        description="Those losing reports, with their error codes, oldest first"
+    )
     events: list[Event] = Field(description="Every report received, oldest first")
 
 
@@ -148,7 +166,24 @@ def summary_view(message: Mapping[str, Any]) -> MessageSummary:
 
 
 def message_view(message: Mapping[str, Any], events: list[Mapping[str, Any]]) -> Message:
-    return Message(**_summary_fields(message), events=timeline(events))
+    losing = [
+        ConflictingReport(
+            event_id=event["id"],
+            status=event["status"],
+            error_code=event["error_code"],
+            error_description=describe(event["error_code"]),
+            source=event["source"],
+            received_at=event["received_at"],
+        )
+        for event in events
+        if conflicts(message["status"], event["status"])
+    ]
+    return Message(
+        **_summary_fields(message),
+        reports_conflict=bool(losing),
+        conflicts=losing,
+        events=timeline(events),
+    )
 
 
 def _summary_fields(message: Mapping[str, Any]) -> dict[str, Any]:
@@ -183,7 +218,8 @@ def _summary_fields(message: Mapping[str, Any]) -> dict[str, Any]:
 
 class Discrepancy(BaseModel):
     kind: str = Field(
-        description="not_sent, ambiguous_match or not_at_twilio (what a pass could not settle)"
+        description="not_sent, ambiguous_match, not_at_twilio or status_conflict "
+        "(what a pass could not settle)"
     )
     resolved: bool
     message_id: UUID | None
@@ -201,7 +237,8 @@ class Reconciliation(BaseModel):
     state: str = Field(description="running, finished, failed or interrupted")
     counts: dict[str, int] = Field(
         description="status_differs, missing_locally, unknown_attempt_matched (applied); "
-        "not_sent, ambiguous_match, not_at_twilio (unresolved)"
+        "not_sent, ambiguous_match, not_at_twilio, status_conflict (unresolved); fetch_errors; "
+        "resumed"
     )
     errors: list[str]
     duration_seconds: float | None

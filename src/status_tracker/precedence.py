@@ -76,6 +76,19 @@ def winner(reports: Iterable[Report]) -> Report:
     return max(reports, key=lambda report: report.key)
 
 
+def conflicts(stored: str, reported: str) -> bool:
+    """Whether a report contradicts the stored status rather than merely trailing it: both final,
+    the report ranked lower (`undelivered` under `delivered`: one segment of several failed, or
+    a carrier that said both). The stored status still stands; the conflict is only shown.
+    `delivered` under `read` is no conflict: a message read was delivered."""
+    return (
+        is_final(stored)
+        and is_final(reported)
+        and rank(reported) < rank(stored)
+        and not (reported == "delivered" and stored == "read")
+    )
+
+
 def normalise_status(message_status: str, event_type: str | None) -> str:
     """The status a callback reports. WhatsApp and RCS read receipts say `EventType=READ`."""
     if event_type is not None and event_type.upper() == "READ":

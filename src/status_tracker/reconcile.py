@@ -7,8 +7,10 @@ does not know. What can be settled is applied through the precedence rule, as ev
 `poll` or `reconcile`; what cannot is reported. Every pass is recorded.
 
 Only a report that outranks the stored status is applied, so a second pass changes nothing, and
-an interrupted pass can simply be run again. One pass runs at a time across all workers and
-replicas (a PostgreSQL advisory lock).
+an interrupted pass can simply be run again. A final status of Twilio's that ranks below the
+stored one is a conflict: logged once (not applied) and reported. The window listing is applied
+page by page and its place saved, so that a pass Twilio's outage stopped is resumed there. One
+pass runs at a time across all workers and replicas (a PostgreSQL advisory lock).
 """
 
 import asyncio
@@ -28,7 +30,7 @@ from twilio.base.exceptions import TwilioRestException
 
 from status_tracker import privacy, repository
 from status_tracker.callbacks import StatusReport, channel_of
-from status_tracker.precedence import Report
+from status_tracker.precedence import Report, conflicts
 from status_tracker.settings import Settings
 from status_tracker.twilio_api import TwilioApi
 
@@ -104,9 +106,14 @@ async def run_pass(
                 last = await repository.last_pass_finished_at(lock)
                 if last is not None and last > unless_finished_after:
                     raise PassNotDue(f"a pass finished at {last.isoformat()}")
+            resume = None
+            if not dry_run:
+                stopped = await repository.last_resumable_pass(lock)
+                if stopped is not None and (stopped["since"], stopped["until"]) == (since, until):
+                    resume = stopped["resume"]
             reconciliation_id = await repository.start_reconciliation(lock, since, until, dry_run)
             report = PassReport(reconciliation_id, since, until, dry_run)
-            work = _Pass(pool, twilio, settings, report, progress)
+            work = _Pass(pool, twilio, settings, report, progress, resume)
             try:
                 # Each phase's changes are written before the next starts: an interrupted pass
                 # keeps what it settled, and the comparison reads what the polls applied.
@@ -150,10 +157,16 @@ async def run_periodically(pool: asyncpg.Pool, twilio: TwilioApi, settings: Sett
         await asyncio.sleep(delay * random.uniform(0.9, 1.1))
         delay = interval
         until = datetime.now(UTC)
+        since = until - timedelta(days=1)
         try:
+            # A pass that stopped mid-listing (Twilio down past the retry budget) is taken up
+            # where it stopped, over its own window, before the schedule moves on.
+            stopped = await resumable_window(pool)
+            if stopped is not None:
+                since, until = stopped
             await run_pass(
-                pool, twilio, settings, since=until - timedelta(days=1), until=until,
-                unless_finished_after=until - timedelta(seconds=interval / 2),
+                pool, twilio, settings, since=since, until=until,
+                unless_finished_after=None if stopped else until - timedelta(seconds=interval / 2),
             )  # fmt: skip
         except PassRunning:
             log.info("reconciliation skipped: another pass is running")
@@ -161,6 +174,12 @@ async def run_periodically(pool: asyncpg.Pool, twilio: TwilioApi, settings: Sett
             log.info("reconciliation skipped: another worker ran one recently")
         except Exception:
             log.exception("reconciliation pass could not run")
+
+
+async def resumable_window(pool: asyncpg.Pool) -> tuple[datetime, datetime] | None:
+    """The window of the latest pass if it stopped mid-listing: running it again resumes it."""
+    stopped = await repository.last_resumable_pass(pool)
+    return None if stopped is None else (stopped["since"], stopped["until"])
 
 
 class _Pass:
@@ -171,8 +190,10 @@ class _Pass:
         settings: Settings,
         report: PassReport,
         progress: Progress | None,
+        resume: dict[str, Any] | None = None,
     ) -> None:
         self.pool = pool
+        self.resume = resume
         self.twilio = twilio
         self.settings = settings
         self.report = report
@@ -180,6 +201,8 @@ class _Pass:
         self.limit = asyncio.Semaphore(settings.reconcile_concurrency)
         self.writes: list[StatusReport] = []
         self.inbound: list[tuple[StatusReport, str | None]] = []
+        # Twilio's answers that rank below the stored status: logged (once) and reported.
+        self.conflicts: list[tuple[asyncpg.Record, Any, str]] = []
         # SIDs whose state at Twilio this pass already has: each is fetched and applied once.
         self.checked: set[str] = set()
         self.seen = 0
@@ -192,31 +215,65 @@ class _Pass:
 
     async def compare_window(self) -> None:
         since, until = self.report.since, self.report.until
+        attempts = await repository.unsettled_attempts(
+            self.pool, since - MATCH_AFTER, until, datetime.now(UTC) - PENDING_GIVEN_UP_AFTER
+        )
+        by_to: dict[str, list[asyncpg.Record]] = defaultdict(list)
+        for attempt in attempts:
+            by_to[attempt["to_number"] or ""].append(attempt)
+        # Listed messages the store lacks that an unknown send may claim: settled once the whole
+        # window is listed. The others are added page by page.
         at_twilio: dict[str, Any] = {}
-        async for message in self.twilio.list_messages(since, until):
-            # Twilio filters by day at worst: keep the window exact here.
-            if message.date_sent is not None and since <= message.date_sent <= until:
-                at_twilio[message.sid] = message
-                self._tick("listed")
-        known: dict[str, asyncpg.Record] = {}
-        sids = list(at_twilio)
-        for start in range(0, len(sids), 10_000):
-            for row in await repository.messages_by_sid(self.pool, sids[start : start + 10_000]):
-                known[row["sid"]] = row
-        for sid, message in at_twilio.items():
-            if sid in known and sid not in self.checked:
-                self._apply_if_outranks(known[sid], message, "reconcile")
-        unknown_here = [message for sid, message in at_twilio.items() if sid not in known]
+        start_url = None
+        if self.resume is not None:
+            # Carried forward first: should Twilio still be down, the next pass resumes here too.
+            await repository.save_resume(self.pool, self.report.reconciliation_id, self.resume)
+            start_url = self.resume.get("next_page_url")
+            self._count("resumed")
+            for sid in self.resume.get("unknown", []):
+                # A failure here stops the pass (Twilio is still down), the cursor kept.
+                at_twilio[sid] = await self.twilio.fetch_message(sid)
+        # Page by page, each page's findings written before the next is asked for, and where the
+        # listing stands saved with the pass: if Twilio stays down past the retry budget, the
+        # pass fails, and the next one over this window resumes at the page that failed.
+        pages = self.twilio.list_pages(since, until, start_url=start_url)
+        async for listed, next_url in pages:
+            page: dict[str, Any] = {}
+            for message in listed:
+                # Twilio filters by day at worst: keep the window exact here.
+                if message.date_sent is not None and since <= message.date_sent <= until:
+                    page[message.sid] = message
+                    self._tick("listed")
+            known = {
+                row["sid"]: row for row in await repository.messages_by_sid(self.pool, list(page))
+            }
+            for sid, message in page.items():
+                if sid in known:
+                    if sid not in self.checked:
+                        self._compare(known[sid], message, "reconcile")
+                elif message.direction != "inbound" and any(
+                    _fits(attempt, message, self.settings)
+                    for attempt in by_to[privacy.redact_number(message.to, self.settings) or ""]
+                ):
+                    at_twilio[sid] = message
+                else:
+                    self._add_missing(message)
+            self.checked.update(page)
+            await self.write()
+            if not self.report.dry_run:
+                resume = (
+                    {"next_page_url": next_url, "unknown": sorted(at_twilio)} if next_url else None
+                )
+                await repository.save_resume(self.pool, self.report.reconciliation_id, resume)
+        known_now = {
+            row["sid"] for row in await repository.messages_by_sid(self.pool, list(at_twilio))
+        }
+        unknown_here = [m for sid, m in at_twilio.items() if sid not in known_now]
         outbound = [m for m in unknown_here if m.direction != "inbound"]
-        claimed = await self._match_unknown_attempts(outbound)
+        claimed = await self._match_unknown_attempts(outbound, attempts)
         for message in unknown_here:
             if message.sid not in claimed:
-                self._count("missing_locally")
-                if message.direction == "inbound":
-                    # Our inbound webhook missed it: stored as inbound, with no reply sent.
-                    self.inbound.append((self._report(message, "inbound"), message.body))
-                else:
-                    self._stage(message, "reconcile")
+                self._add_missing(message)
         self.checked.update(at_twilio)
         # Local messages Twilio did not list: ask for each; it may not know them at all.
         local = await repository.sent_messages_between(self.pool, since, until)
@@ -224,7 +281,16 @@ class _Pass:
         self.checked.update(row["sid"] for row in absent)
         await asyncio.gather(*(self._check_with_twilio(row, "reconcile") for row in absent))
 
+    def _add_missing(self, message: Any) -> None:
+        self._count("missing_locally")
+        if message.direction == "inbound":
+            # Our inbound webhook missed it: stored as inbound, with no reply sent.
+            self.inbound.append((self._report(message, "inbound"), message.body))
+        else:
+            self._stage(message, "reconcile")
+
     async def write(self) -> None:
+        await self._settle_conflicts()
         writes, self.writes = self.writes, []
         inbound, self.inbound = self.inbound, []
         if self.report.dry_run:
@@ -254,33 +320,52 @@ class _Pass:
                 self._error(f"fetch {row['sid']}: {type(error).__name__} {error}")
                 return
         self._tick("fetched")
-        self._apply_if_outranks(row, message, source)
+        self._compare(row, message, source)
 
     def _error(self, text: str) -> None:
         self._count("fetch_errors")
         if len(self.report.errors) < MAX_ERRORS:
             self.report.errors.append(text)
 
-    def _apply_if_outranks(self, row: asyncpg.Record, message: Any, source: str) -> None:
+    def _compare(self, row: asyncpg.Record, message: Any, source: str) -> None:
         theirs = Report(str(message.status), message.error_code)
         ours = Report(row["status"], row["error_code"])
         if theirs.key > ours.key:
             self._count("status_differs")
             self._stage(message, source)
+        elif conflicts(ours.status, theirs.status):
+            self.conflicts.append((row, message, source))
 
-    async def _match_unknown_attempts(self, listed: Sequence[Any]) -> set[str]:
+    async def _settle_conflicts(self) -> None:
+        """Twilio's final status ranks below the stored one (say `undelivered` under a
+        `delivered` callback: one segment of several failed). The rule keeps the stored status;
+        Twilio's answer goes to the event log once (it changes nothing there) and is reported."""
+        found, self.conflicts = self.conflicts, []
+        if not found:
+            return
+        logged = await repository.reported_by_reconciliation(
+            self.pool, [r["id"] for r, _, _ in found]
+        )
+        for row, message, source in found:
+            status, code = str(message.status), message.error_code
+            self._unresolved("status_conflict", row["id"], row["sid"], {
+                "stored_status": row["status"], "stored_error_code": row["error_code"],
+                "twilio_status": status, "twilio_error_code": code,
+                "explanation": f"Twilio's message says {status}, which ranks below the stored "
+                f"{row['status']}: its reports conflict. The stored status stands by the "
+                "precedence rule; Twilio's answer is in the message's event log.",
+            })  # fmt: skip
+            if (row["id"], status, code) not in logged:
+                self._stage(message, source, message_id=row["id"])
+
+    async def _match_unknown_attempts(
+        self, listed: Sequence[Any], attempts: Sequence[asyncpg.Record]
+    ) -> set[str]:
         """Give unknown-outcome sends their Twilio message where the match is unambiguous.
 
         Returns the SIDs this settled or holds as candidates of an ambiguous match: those are
         not added as messages of their own, so that the next pass reports the same ambiguity
         (and not a `not_sent`) until an operator settles it."""
-        now = datetime.now(UTC)
-        attempts = await repository.unsettled_attempts(
-            self.pool,
-            self.report.since - MATCH_AFTER,
-            self.report.until,
-            now - PENDING_GIVEN_UP_AFTER,
-        )
         if not attempts:
             return set()
         messages = {message.sid: message for message in listed}

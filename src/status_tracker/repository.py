@@ -563,35 +563,56 @@ async def get_reply(db: Executor, inbound_id: UUID) -> asyncpg.Record | None:
     return record
 
 
+# An opt-out's scope is the sender it was sent to: a Messaging Service SID (its whole pool) or the
+# SHA-256 of a sender number; `*` (rows from before scopes) holds for every sender.
+EVERY_SENDER = "*"
+
+
 async def record_opt_out(
     db: Executor,
     number_sha256: str,
+    scope: str,
     opted_out: bool,
     keyword: str,
     at: datetime,
     message_id: UUID,
 ) -> None:
-    """The latest keyword a number sent wins; an older one arriving late changes nothing."""
+    """The latest keyword a number sent to this scope wins; an older one arriving late changes
+    nothing."""
     await db.execute(
         """
-        INSERT INTO opt_outs AS o (number_sha256, opted_out, keyword, changed_at, message_id)
-        VALUES ($1, $2, $3, $4, $5)
-        ON CONFLICT (number_sha256) DO UPDATE
+        INSERT INTO opt_outs AS o (number_sha256, scope, opted_out, keyword, changed_at, message_id)
+        VALUES ($1, $2, $3, $4, $5, $6)
+        ON CONFLICT (number_sha256, scope) DO UPDATE
         SET opted_out = EXCLUDED.opted_out, keyword = EXCLUDED.keyword,
             changed_at = EXCLUDED.changed_at, message_id = EXCLUDED.message_id
         WHERE o.changed_at <= EXCLUDED.changed_at
         """,
         number_sha256,
+        scope,
         opted_out,
         keyword,
         at,
         message_id,
     )
+    if not opted_out:
+        # START lifts an opt-out from before scopes too: the number asked for messages again.
+        await db.execute(
+            "UPDATE opt_outs SET opted_out = false, keyword = $2, changed_at = $3, "
+            "message_id = $4 WHERE number_sha256 = $1 AND scope = '*' AND changed_at <= $3",
+            number_sha256,
+            keyword,
+            at,
+            message_id,
+        )
 
 
-async def is_opted_out(db: Executor, number_sha256: str) -> bool:
+async def is_opted_out(db: Executor, number_sha256: str, scope: str) -> bool:
+    """Whether the number opted out of this sender (or, before scopes, of every sender)."""
     opted_out: bool | None = await db.fetchval(
-        "SELECT opted_out FROM opt_outs WHERE number_sha256 = $1", number_sha256
+        "SELECT bool_or(opted_out) FROM opt_outs WHERE number_sha256 = $1 AND scope IN ($2, '*')",
+        number_sha256,
+        scope,
     )
     return bool(opted_out)
 
@@ -738,3 +759,43 @@ async def export_rows(
     query = EXPORT_EVENTS_QUERY if events else EXPORT_QUERY
     async for record in connection.cursor(query, since, until, prefetch=1000):
         yield record
+
+
+# --- Reconciliation progress and conflicting reports -------------------------------------------
+
+
+async def save_resume(db: Executor, reconciliation_id: int, resume: dict[str, Any] | None) -> None:
+    """Where the pass's window listing stands: its next page, the SIDs it holds (null: done)."""
+    await db.execute(
+        "UPDATE reconciliations SET resume = $2 WHERE id = $1", reconciliation_id, resume
+    )
+
+
+async def last_resumable_pass(db: Executor) -> asyncpg.Record | None:
+    """The latest pass, if it applied its findings and stopped mid-listing (failed or crashed):
+    its window and where it stopped. Called under the pass lock, so a 'running' one is dead."""
+    record: asyncpg.Record | None = await db.fetchrow(
+        """
+        SELECT id, since, until, resume FROM (
+            SELECT id, since, until, resume, state, dry_run FROM reconciliations
+            ORDER BY id DESC LIMIT 1
+        ) latest
+        WHERE NOT dry_run AND resume IS NOT NULL
+          AND state IN ('failed', 'interrupted', 'running')
+        """
+    )
+    return record
+
+
+async def reported_by_reconciliation(
+    db: Executor, message_ids: Sequence[UUID]
+) -> set[tuple[UUID, str, int | None]]:
+    """(message, status, error code) of every report reconciliation already logged for these."""
+    records = await db.fetch(
+        """
+        SELECT DISTINCT message_id, status, error_code FROM message_events
+        WHERE message_id = ANY($1::uuid[]) AND source IN ('reconcile', 'poll')
+        """,
+        list(message_ids),
+    )
+    return {(row["message_id"], row["status"], row["error_code"]) for row in records}

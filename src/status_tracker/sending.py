@@ -18,7 +18,7 @@ import asyncpg
 import httpx
 from twilio.base.exceptions import TwilioRestException
 
-from status_tracker import privacy, repository
+from status_tracker import opt_outs, privacy, repository
 from status_tracker.callbacks import StatusReport, channel_of
 from status_tracker.ids import uuid7
 from status_tracker.models import SendMessage
@@ -28,6 +28,9 @@ from status_tracker.twilio_api import TwilioApi
 log = logging.getLogger(__name__)
 
 STATUS_WEBHOOK_PATH = "/webhooks/twilio/status"
+# Twilio's code for a recipient who opted out of the sender ("Attempt to send to unsubscribed
+# recipient").
+OPTED_OUT = 21610
 # Twilio retries a callback answered 5xx or timed out only when the URL's fragment says so
 # (TWILIO.md §4); the fragment is not part of the signature.
 CALLBACK_RETRIES = "rc=3&rp=5xx,ct,rt&ct=3000&rt=4000"
@@ -73,6 +76,9 @@ def twilio_params(request: SendMessage, settings: Settings, message_id: UUID) ->
             "Give 'from' or 'messaging_service_sid' (or set TWILIO_FROM or "
             "TWILIO_MESSAGING_SERVICE_SID).",
         )
+    if sender is not None and request.to.startswith("whatsapp:") and sender.startswith("+"):
+        # Twilio refuses a WhatsApp To with an SMS From (21910): the sender's WhatsApp address.
+        sender = "whatsapp:" + sender
     if request.body is None and request.media_urls is None and request.content_sid is None:
         raise InvalidSend("body", "Give 'body', 'media_urls' or 'content_sid'.")
     if request.content_variables is not None and request.content_sid is None:
@@ -115,6 +121,8 @@ async def send(
     message_id = uuid7(now)
     params = twilio_params(request, settings, message_id)
     fingerprint = request_hash(request)
+    recipient = privacy.number_sha256(request.to)
+    scope = opt_outs.scope(params.get("messaging_service_sid"), params.get("from_"))
     async with pool.acquire(timeout=settings.db_timeout_seconds) as connection:
         recorded = await repository.record_attempt(
             connection,
@@ -146,10 +154,10 @@ async def send(
             if earlier["request_hash"] != fingerprint:
                 raise IdempotencyConflict("This Idempotency-Key was used with a different request.")
             return SendResult(earlier["id"], "replayed")
-        if await repository.is_opted_out(connection, privacy.number_sha256(request.to)):
+        if await repository.is_opted_out(connection, recipient, scope):
             # Twilio would refuse it (21610); refusing here keeps the attempt on record anyway.
             refusal = TwilioRestException(
-                400, "", "The recipient replied STOP to this service: not sent.", code=21610
+                400, "", "The recipient replied STOP to this sender: not sent.", code=21610
             )
             report = _report(message_id, status="failed", error_code=21610,
                              fields={"refused_locally": True, "code": 21610})  # fmt: skip
@@ -193,6 +201,11 @@ async def send(
     )
     async with pool.acquire(timeout=settings.db_timeout_seconds) as connection:
         await repository.record_send_result(connection, report, outcome)
+        if isinstance(error, TwilioRestException) and error.code == OPTED_OUT:
+            # Twilio knows of a STOP this service never saw: the next send is refused here.
+            await repository.record_opt_out(
+                connection, recipient, scope, True, str(OPTED_OUT), now, message_id
+            )
     return SendResult(message_id, outcome, error)
 
 

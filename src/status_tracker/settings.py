@@ -62,7 +62,15 @@ class Settings(BaseSettings):
     twilio_webhook_shared_key: SecretStr | None = Field(
         default=None,
         validation_alias="TWILIO_WEBHOOK_SHARED_KEY",
-        description="Secret of a Twilio webhook shared key (HMAC-SHA256 signatures).",
+        description="Secret of a Twilio webhook shared key (HMAC-SHA256 signatures), "
+        "whatever key id the request names.",
+    )
+    twilio_webhook_shared_keys: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict,
+        validation_alias="TWILIO_WEBHOOK_SHARED_KEYS",
+        description="Webhook shared keys by key id (`id=secret,id2=secret2`): a request is "
+        "checked with the key its X-Twilio-Webhooks-Signature-Settings names, so that two keys "
+        "overlap during a rotation.",
     )
     max_body_bytes: int = Field(
         default=64 * 1024, gt=0, validation_alias="STATUS_TRACKER_MAX_BODY_BYTES"
@@ -144,6 +152,31 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
+
+    @field_validator("twilio_webhook_shared_keys", mode="before")
+    @classmethod
+    def _split_shared_keys(cls, value: Any) -> Any:
+        # The environment gives "id=secret,id2=secret2"; code may pass a dict.
+        if not isinstance(value, str):
+            return value
+        keys = {}
+        for pair in value.split(","):
+            key_id, equals, secret = pair.strip().partition("=")
+            if not pair.strip():
+                continue
+            if not (equals and key_id.strip() and secret.strip()):
+                raise ValueError(
+                    "TWILIO_WEBHOOK_SHARED_KEYS takes id=secret pairs, comma-separated"
+                )
+            keys[key_id.strip()] = secret.strip()
+        return keys
+
+    @property
+    def webhook_shared_keys(self) -> dict[str, str]:
+        return {
+            key_id: key.get_secret_value()
+            for key_id, key in self.twilio_webhook_shared_keys.items()
+        }
 
     @field_validator("stale_after", mode="before")
     @classmethod

@@ -7,18 +7,46 @@ from twilio.request_validator import HMAC_SHA1, RequestValidator, get_signature_
 from status_tracker.callbacks import Form
 
 
+def signing_key_id(signature_settings: str | None) -> str | None:
+    """The key id that X-Twilio-Webhooks-Signature-Settings names (`key=…,algorithm=…`)."""
+    for part in (signature_settings or "").split(","):
+        name, separator, value = part.partition("=")
+        if separator and name.strip() == "key" and value.strip():
+            return value.strip()
+    return None
+
+
 class SignatureVerifier:
     """Accepts a signature by the primary or the secondary auth token (during a rotation), or
-    by a webhook shared key when the request names one in X-Twilio-Webhooks-Signature-Settings."""
+    by a webhook shared key when the request names one in X-Twilio-Webhooks-Signature-Settings:
+    the key of that id among `shared_keys` (several overlap during a rotation), else the one
+    `shared_key` kept for any id."""
 
-    def __init__(self, auth_tokens: list[str], shared_key: str | None = None) -> None:
+    def __init__(
+        self,
+        auth_tokens: list[str],
+        shared_key: str | None = None,
+        shared_keys: dict[str, str] | None = None,
+    ) -> None:
         self._token_validators = [RequestValidator(token) for token in auth_tokens]
         self._shared_key_validator = RequestValidator(shared_key) if shared_key else None
+        self._keyed_validators = {
+            key_id: RequestValidator(secret) for key_id, secret in (shared_keys or {}).items()
+        }
+
+    @property
+    def configured(self) -> bool:
+        return bool(self._token_validators or self._shared_key_validator or self._keyed_validators)
 
     def verify(self, url: str, form: Form, signature: str, signature_settings: str | None) -> bool:
         algorithm = get_signature_algorithm(signature_settings)
-        if signature_settings and self._shared_key_validator is not None:
-            if self._shared_key_validator.validate(url, form, signature, algorithm=algorithm):
+        if signature_settings:
+            key_id = signing_key_id(signature_settings)
+            keyed = self._keyed_validators.get(key_id) if key_id else None
+            validator = keyed or self._shared_key_validator
+            if validator is not None and validator.validate(
+                url, form, signature, algorithm=algorithm
+            ):
                 return True
         if algorithm != HMAC_SHA1:
             # Twilio signs with the shared key when the header names one; an auth token can't.

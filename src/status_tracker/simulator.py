@@ -5,14 +5,16 @@ and error bodies, moves each message through a realistic lifecycle on a backgrou
 posts signed status callbacks that can arrive late, twice, out of order or never, so that the
 service's ingestion and reconciliation can be exercised without Twilio.
 
-Outcomes are chosen by the last four digits of `To` (digits only; a `whatsapp:` prefix is
-ignored). `0007` creates the message at once, so it is sent although the client timed out;
-on WhatsApp, `0007` and `0008` also end with `read`:
+Outcomes are chosen by the last four digits of `To` (digits only; a `whatsapp:` or `rcs:` prefix
+is ignored). `0007` creates the message at once, so it is sent although the client timed out;
+on WhatsApp and RCS, `0007` and `0008` also end with `read`. WhatsApp and RCS callbacks carry
+`ChannelPrefix`, `ChannelInstallSid`, `ChannelToAddress`, and `EventType=DELIVERED`/`READ` on
+receipts; a WhatsApp `sent` carries `StructuredMessage=false`:
 
 | `To` ends in      | create answers                               | callbacks, in order         |
 |-------------------|----------------------------------------------|-----------------------------|
 | `0001`            | 201                                          | `sent`, `undelivered` 30003 |
-| `0002`            | 201                                          | `failed` 30007              |
+| `0002`            | 201                                          | `sent`, `undelivered` 30007 |
 | `0003`            | 400, code 21610 (unsubscribed), no message   | none                        |
 | `0004`            | 400, code 21211 (invalid To), no message     | none                        |
 | `0005`            | 201                                          | `sent`, then nothing, ever  |
@@ -20,7 +22,11 @@ on WhatsApp, `0007` and `0008` also end with `read`:
 | `0007`            | 201, but only after `create_timeout_seconds` | `sent`, `delivered`         |
 | `0008`            | 429, code 20429, twice per `To`; then 201    | `sent`, `delivered`         |
 | `0009`            | 201, only once the `sent` callback is in     | `sent`, `delivered`         |
+| `0010`            | 201                                          | `failed` 30001              |
+| `0011`            | 201                                          | `sent`, `delivered`,        |
+|                   |                                              | `undelivered` 30003         |
 | other `whatsapp:` | 201                                          | `sent`, `delivered`, `read` |
+| other `rcs:`      | 201                                          | `sent`, `delivered`, `read` |
 | anything else     | 201                                          | `sent`, `delivered`         |
 
 Through a Messaging Service (`MessagingServiceSid`) the create answers `accepted` and a `queued`
@@ -30,7 +36,8 @@ callback). The create's initial status is never sent as a callback, as with Twil
 
 Create refuses, as Twilio does: no `To` 21604; `To` not E.164 21211; neither `From` nor
 `MessagingServiceSid` 21603; malformed `MessagingServiceSid` 21701; no `Body`, `MediaUrl` or
-`ContentSid` 21619; `Body` over 1600 characters 21617; bad `StatusCallback` URL 21609;
+`ContentSid` 21619; `Body` over 1600 characters 21617; bad `StatusCallback` URL 21609; a `From`
+of another channel than `To` (an SMS number to `whatsapp:+…`) 21910;
 `ScheduleType` other than `fixed` 35126; `ScheduleType=fixed` without `SendAt` 35111, or without
 a Messaging Service 35118; `SendAt` not 300 s to 35 days ahead 35114. `SendAt` without
 `ScheduleType` is ignored: the message goes at once. Canceling a message that is not
@@ -89,12 +96,16 @@ SERVICE_SENDER = "+15017122661"
 
 _log = logging.getLogger(__name__)
 
-_E164 = re.compile(r"(whatsapp:)?\+[1-9][0-9]{6,14}")
+_E164 = re.compile(r"(whatsapp:|rcs:)?\+[1-9][0-9]{6,14}")
 _SERVICE_SID = re.compile(r"MG[0-9a-f]{32}")
 _ACCOUNT_SID = re.compile(r"AC[0-9a-f]{32}")
 _SCHEDULE_MIN = timedelta(seconds=300)
 _SCHEDULE_MAX = timedelta(days=35)
-_ERROR_MESSAGES = {30003: "Unreachable destination handset", 30007: "Message filtered"}
+_ERROR_MESSAGES = {
+    30001: "Queue overflow",
+    30003: "Unreachable destination handset",
+    30007: "Message filtered",
+}
 _DATE_SENT_ON = {"sent", "failed"}
 # Status callbacks in flight at once, as a sender's webhook workers would allow.
 CALLBACK_CONCURRENCY = 50
@@ -113,15 +124,21 @@ class SimulatorConfig:
     create_timeout_seconds: float = 30.0
     callback_timeout_seconds: float = 15.0
     time_scale: float = 1.0
+    # Share of GETs (fetches and list pages) answered 429 (code 20429) or 503 (code 20503).
+    get_429_probability: float = 0.0
+    get_5xx_probability: float = 0.0
 
     def __post_init__(self) -> None:
         if not _ACCOUNT_SID.fullmatch(self.account_sid):
             raise ValueError(f"account_sid must be AC and 32 lowercase hex: {self.account_sid!r}")
         if not 0 <= self.callback_delay_min <= self.callback_delay_max:
             raise ValueError("need 0 <= callback_delay_min <= callback_delay_max")
-        for name in ("duplicate_probability", "reorder_probability", "loss_probability"):
+        for name in ("duplicate_probability", "reorder_probability", "loss_probability",
+                     "get_429_probability", "get_5xx_probability"):  # fmt: skip
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1]")
+        if self.get_429_probability + self.get_5xx_probability > 1.0:
+            raise ValueError("get_429_probability + get_5xx_probability must not exceed 1")
         if self.time_scale < 0 or self.create_timeout_seconds < 0:
             raise ValueError("time_scale and create_timeout_seconds must not be negative")
         if self.callback_timeout_seconds <= 0:
@@ -312,6 +329,12 @@ class Simulator:
             raise TwilioError(400, 21603, "A 'From' phone number is required.")
         if service is not None and not _SERVICE_SID.fullmatch(service):
             raise TwilioError(400, 21701, f"The Messaging Service Sid {service} is invalid.")
+        if from_ is not None and _channel(from_) != _channel(to):
+            raise TwilioError(
+                400,
+                21910,
+                "Invalid From and To pair. From and To should be of the same channel",
+            )
         body = _field(form, "Body") or ""
         media = [url for url in form.get("MediaUrl", []) if url]
         if not body and not media and _field(form, "ContentSid") is None:
@@ -368,6 +391,14 @@ class Simulator:
             uri = f"/{API_VERSION}/Accounts/{self.config.account_sid}/Messages/{sid}.json"
             raise TwilioError(404, 20404, f"The requested resource {uri} was not found")
         return message
+
+    def get_fault(self) -> None:
+        """Raise the 429 or 503 that a GET draws, at the configured rates."""
+        draw = self._rng.random()
+        if draw < self.config.get_429_probability:
+            raise TwilioError(429, 20429, "Too Many Requests")
+        if draw < self.config.get_429_probability + self.config.get_5xx_probability:
+            raise TwilioError(503, 20503, "Service Unavailable")
 
     def cancel(self, sid: str) -> SimulatedMessage:
         message = self.fetch(sid)
@@ -508,7 +539,8 @@ class Simulator:
         message.history.append(step.status)
         if step.status == "queued" and message.messaging_service_sid is not None:
             if message.from_ is None:
-                prefix = "whatsapp:" if _is_whatsapp(message.to) else ""
+                channel = _channel(message.to)
+                prefix = "" if channel == "sms" else channel + ":"
                 message.from_ = prefix + SERVICE_SENDER
             message.num_segments = _segments(message.to, message.body, message.media_urls)
         if step.status in _DATE_SENT_ON and message.date_sent is None:
@@ -533,14 +565,18 @@ class Simulator:
             params["MessagingServiceSid"] = message.messaging_service_sid
         if step.error_code is not None:
             params["ErrorCode"] = str(step.error_code)
-        if _is_whatsapp(message.to):
-            params["ChannelPrefix"] = "whatsapp"
+        channel = _channel(message.to)
+        if channel != "sms":
+            params["ChannelPrefix"] = channel
             params["ChannelInstallSid"] = self._channel_install_sid
-            params["ChannelToAddress"] = message.to.removeprefix("whatsapp:")
+            params["ChannelToAddress"] = message.to.removeprefix(channel + ":")
             if message.error_message is not None and step.error_code is not None:
                 params["ChannelStatusMessage"] = message.error_message
-            if step.status == "read":
-                params["EventType"] = "READ"
+            # Receipts name their event; a WhatsApp `sent` says whether it was a structured one.
+            if step.status in ("delivered", "read"):
+                params["EventType"] = step.status.upper()
+            if step.status == "sent" and channel == "whatsapp":
+                params["StructuredMessage"] = "false"
         elif step.status in ("delivered", "undelivered"):
             params["RawDlrDoneDate"] = now.strftime("%y%m%d%H%M")
         _log.info("message status sid=%s status=%s", message.sid, step.status)
@@ -670,6 +706,7 @@ def create_simulator_app(
             return refusal
         if request.method == "GET":
             try:
+                simulator.get_fault()
                 return JSONResponse(simulator.page(request.query_params))
             except TwilioError as error:
                 return _error(error)
@@ -692,6 +729,7 @@ def create_simulator_app(
         sid = request.path_params["sid"]
         try:
             if request.method == "GET":
+                simulator.get_fault()
                 return JSONResponse(simulator.fetch(sid).to_json())
             form = _parse_form(await request.body())
             status = _field(form, "Status")
@@ -795,15 +833,22 @@ def _field(form: Mapping[str, list[str]], name: str) -> str | None:
 def _lifecycle(to: str, via_service: bool) -> list[_Step]:
     outcome = _suffix(to)
     steps = [_Step("queued")] if via_service else []
-    if outcome == "0002":
-        return [*steps, _Step("failed", 30007)]
+    if outcome == "0010":
+        return [*steps, _Step("failed", 30001)]
     steps.append(_Step("sent"))
+    if outcome == "0002":
+        # Carrier filtering happens after Twilio sent it: Twilio reports it `undelivered`.
+        return [*steps, _Step("undelivered", 30007)]
     if outcome == "0005":
         return steps
     if outcome == "0001":
         return [*steps, _Step("undelivered", 30003)]
     steps.append(_Step("delivered"))
-    if _is_whatsapp(to):
+    if outcome == "0011":
+        # A multi-segment SMS with one segment failing: the carrier reports both, the last wins
+        # at Twilio, where the precedence rule keeps `delivered`.
+        return [*steps, _Step("undelivered", 30003)]
+    if _channel(to) != "sms":
         steps.append(_Step("read"))
     return steps
 
@@ -881,7 +926,7 @@ def _valid_callback(url: str) -> bool:
 
 
 def _segments(to: str, body: str, media: list[str]) -> int:
-    if media or _is_whatsapp(to) or not body:
+    if media or _channel(to) != "sms" or not body:
         return 1
     if body.isascii():  # close enough to GSM-7
         single, part, length = 160, 153, len(body)
@@ -894,8 +939,10 @@ def _suffix(number: str) -> str:
     return re.sub(r"[^0-9]", "", number)[-4:]
 
 
-def _is_whatsapp(number: str) -> bool:
-    return number.startswith("whatsapp:")
+def _channel(address: str) -> str:
+    """`whatsapp`, `rcs`, or `sms` for a bare number (or an alphanumeric sender ID)."""
+    prefix, colon, _ = address.partition(":")
+    return prefix.lower() if colon else "sms"
 
 
 def _redact(number: str) -> str:

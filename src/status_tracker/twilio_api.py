@@ -10,9 +10,11 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 
 from status_tracker.settings import Settings
-from status_tracker.twilio_http import HttpxTwilioClient
+from status_tracker.twilio_http import HttpxTwilioClient, RetryPolicy
 
-# A 429 (code 20429) was never processed, so it is safe to retry; anything else is not.
+# A create or a cancel answered 429 (code 20429) was never processed, so it is safe to retry;
+# anything else is not. GETs (fetches, list pages) are retried by the HTTP client itself, on 429
+# and 5xx alike.
 RATE_LIMIT_RETRIES = 3
 RATE_LIMIT_BACKOFF_SECONDS = 0.5
 
@@ -25,9 +27,12 @@ class TwilioApi:
         *,
         base_url: str | None = None,
         timeout: float = 10.0,
+        get_retry: RetryPolicy | None = None,
+        page_size: int = 1000,
     ) -> None:
         self.account_sid = account_sid
-        self._http = HttpxTwilioClient(timeout=timeout)
+        self.page_size = page_size
+        self._http = HttpxTwilioClient(timeout=timeout, get_retry=get_retry)
         self._client = Client(account_sid, auth_token, http_client=self._http)
         if base_url:
             # Every /2010-04-01/... call goes there instead (the built-in simulator).
@@ -50,7 +55,7 @@ class TwilioApi:
         return await _retry_rate_limited(lambda: self._client.messages.create_async(**params))
 
     async def fetch_message(self, sid: str) -> Any:
-        return await _retry_rate_limited(lambda: self._client.messages(sid).fetch_async())
+        return await self._client.messages(sid).fetch_async()
 
     async def cancel_message(self, sid: str) -> Any:
         return await _retry_rate_limited(
@@ -68,21 +73,37 @@ class TwilioApi:
 
         Times go as UTC: the SDK does not convert zones. With a date filter, Twilio leaves out
         messages not sent yet (queued, scheduled, canceled before sending)."""
-        filters: dict[str, Any] = {}
-        if sent_after is not None:
-            filters["date_sent_after"] = sent_after.astimezone(UTC)
-        if sent_before is not None:
-            filters["date_sent_before"] = sent_before.astimezone(UTC)
-        if to is not None:
-            filters["to"] = to
-        # Page by page rather than `stream_async`, so that a 429 on any page is retried too.
-        page = await _retry_rate_limited(
-            lambda: self._client.messages.page_async(page_size=1000, **filters)
-        )
-        while page is not None:
-            for message in page:
+        async for messages, _ in self.list_pages(sent_after, sent_before, to=to):
+            for message in messages:
                 yield message
-            page = await _retry_rate_limited(page.next_page_async)
+
+    async def list_pages(
+        self,
+        sent_after: datetime | None = None,
+        sent_before: datetime | None = None,
+        *,
+        to: str | None = None,
+        start_url: str | None = None,
+    ) -> AsyncIterator[tuple[list[Any], str | None]]:
+        """`list_messages` a page at a time: each page's messages and the URL of the next one.
+
+        `start_url` (a next-page URL given before) continues a listing where it stopped. A page
+        that still fails after the HTTP client's retries raises `TwilioException`."""
+        if start_url is not None:
+            page = await self._client.messages.get_page_async(start_url)
+        else:
+            filters: dict[str, Any] = {}
+            if sent_after is not None:
+                filters["date_sent_after"] = sent_after.astimezone(UTC)
+            if sent_before is not None:
+                filters["date_sent_before"] = sent_before.astimezone(UTC)
+            if to is not None:
+                filters["to"] = to
+            page = await self._client.messages.page_async(page_size=self.page_size, **filters)
+        while page is not None:
+            next_url = page.next_page_url
+            yield list(page), next_url
+            page = await page.next_page_async() if next_url else None
 
     async def close(self) -> None:
         await self._http.close()

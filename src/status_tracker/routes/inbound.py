@@ -1,5 +1,6 @@
 """Inbound messages, answered with TwiML so that replies are tracked too (TWILIO.md §2, §6)."""
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from string import Template
 from uuid import UUID
@@ -8,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from twilio.twiml.messaging_response import MessagingResponse
 
-from status_tracker import privacy, repository
+from status_tracker import opt_outs, privacy, repository
 from status_tracker.callbacks import MESSAGE_SID_PATTERN, StatusReport, channel_of
 from status_tracker.deps import PoolDep, SettingsDep, VerifierDep
 from status_tracker.ids import uuid7
@@ -18,10 +19,6 @@ from status_tracker.settings import Settings
 
 router = APIRouter(prefix="/webhooks/twilio", tags=["webhooks"])
 
-# Twilio's default opt-out and opt-in keywords: the whole body, any case.
-OPT_OUT_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT",
-                              "REVOKE"})  # fmt: skip
-OPT_IN_KEYWORDS = frozenset({"START", "YES", "UNSTOP", "OPTIN"})
 MAX_MEDIA = 10
 
 
@@ -92,8 +89,9 @@ async def inbound_message(
         fields=fields,
         query=query.as_fields(),
     )
-    keyword = inbound.body.strip().upper()
-    reply_text = _reply_text(settings, inbound, keyword)
+    opt_out_type = fields.get("OptOutType")
+    kind = opt_outs.kind_of(inbound.body, opt_out_type if isinstance(opt_out_type, str) else None)
+    reply_text = _reply_text(settings, inbound, kind)
     async with pool.acquire(timeout=settings.db_timeout_seconds) as connection:
         async with connection.transaction():
             message_id, first_time = await repository.record_inbound(
@@ -102,11 +100,13 @@ async def inbound_message(
                 privacy.body(inbound.body, settings),
                 media or None,
             )
-            if keyword in OPT_OUT_KEYWORDS | OPT_IN_KEYWORDS:
-                await repository.record_opt_out(
-                    connection, privacy.number_sha256(inbound.from_),
-                    keyword in OPT_OUT_KEYWORDS, keyword, received_at, message_id,
-                )  # fmt: skip
+            if kind == "STOP" or kind == "START":
+                for scope in opt_outs.scopes_of(inbound.messaging_service_sid, inbound.to):
+                    await repository.record_opt_out(
+                        connection, privacy.number_sha256(inbound.from_), scope,
+                        kind == "STOP", inbound.body.strip().upper()[:64] or kind, received_at,
+                        message_id,
+                    )  # fmt: skip
             if reply_text is None:
                 return Response(EMPTY_TWIML, media_type="application/xml")
             # Twilio retries an inbound whose answer it never got: answer with the same reply.
@@ -119,13 +119,22 @@ async def inbound_message(
     return Response(str(twiml), media_type="application/xml")
 
 
-def _reply_text(settings: Settings, inbound: InboundMessage, keyword: str) -> str | None:
-    # Twilio answers opt-out and opt-in keywords itself.
-    if not settings.auto_reply or keyword in OPT_OUT_KEYWORDS | OPT_IN_KEYWORDS:
+def _reply_text(
+    settings: Settings, inbound: InboundMessage, kind: opt_outs.Kind | None
+) -> str | None:
+    # Twilio answers STOP, START and HELP itself.
+    if not settings.auto_reply or kind is not None:
         return None
-    return Template(settings.auto_reply).safe_substitute(
-        {"from": inbound.from_, "body": inbound.body}
-    )
+    return _render(settings, inbound)
+
+
+def _render(
+    settings: Settings,
+    inbound: InboundMessage,
+    number: Callable[[str, Settings], str | None] = lambda address, _: address,
+) -> str:
+    template = Template(settings.auto_reply or "")
+    return template.safe_substitute({"from": number(inbound.from_, settings), "body": inbound.body})
 
 
 async def _record_reply(
@@ -145,7 +154,8 @@ async def _record_reply(
         from_=privacy.redact_number(inbound.to, settings),
         messaging_service_sid=inbound.messaging_service_sid,
         channel=channel,
-        body=privacy.body(text, settings),
+        # The reply's text as stored: a `$from` in it is the sender's number, redacted likewise.
+        body=privacy.body(_render(settings, inbound, privacy.redact_number), settings),
         media_urls=None,
         content_sid=None,
         content_variables=None,
@@ -156,7 +166,15 @@ async def _record_reply(
         idempotency_key=None,
         request_hash="",
         created_at=at,
-        fields=privacy.scrub_fields({"twiml": {"to": inbound.from_, "body": text}}, settings),
+        fields=privacy.scrub_fields(
+            {
+                "twiml": {
+                    "to": inbound.from_,
+                    "body": _render(settings, inbound, privacy.redact_number),
+                }
+            },
+            settings,
+        ),
         direction="outbound-reply",
         in_reply_to=inbound_id,
     )

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -59,6 +60,17 @@ def in_utc(name: str, value: datetime | None) -> datetime | None:
         raise out_of_range(name) from error
 
 
+CHANNEL_PREFIXES = ("whatsapp:", "rcs:", "messenger:")
+
+
+def addresses(number: str | None) -> list[str | None]:
+    """The addresses a number filter matches: a bare number on every channel, a prefixed one
+    only on its own."""
+    if number is None or number.startswith(CHANNEL_PREFIXES):
+        return [number]
+    return [number, *(prefix + number for prefix in CHANNEL_PREFIXES)]
+
+
 def window(since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
     """The time window asked for; by default the last 24 hours. Checked whole before anything
     is read or streamed, so that a bad one is a problem answer, never a cut-off download."""
@@ -98,16 +110,30 @@ async def list_messages(
     filters = repository.MessageFilter(
         statuses=status or (),
         direction=direction,
-        # Numbers are stored as the redaction setting says: look them up the same way.
-        to=privacy.redact_number(to, settings),
-        from_=privacy.redact_number(from_, settings),
         error_code=error_code,
         since=in_utc("since", since),
         until=in_utc("until", until),
         reference=reference,
     )
     after = decode_cursor(cursor) if cursor else None
-    rows = await repository.list_messages(connection, filters, limit + 1, after)
+    # A bare number finds the number on every channel (`+1…`, `whatsapp:+1…`, `rcs:+1…`): one
+    # indexed query per address, merged newest first. Numbers are stored as the redaction
+    # setting says: they are looked up the same way.
+    queries = [
+        replace(filters, to=privacy.redact_number(to_address, settings),
+                from_=privacy.redact_number(from_address, settings))
+        for to_address in addresses(to)
+        for from_address in addresses(from_)
+    ]  # fmt: skip
+    rows = sorted(
+        {
+            row["id"]: row
+            for query in queries
+            for row in await repository.list_messages(connection, query, limit + 1, after)
+        }.values(),
+        key=lambda row: (row["created_at"], row["id"]),
+        reverse=True,
+    )[: limit + 1]
     page = rows[:limit]
     next_cursor = (
         encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
