@@ -229,13 +229,13 @@ class Simulator:
         self._log_file.close()
 
 
-def sending_environment(database_url: str, simulator: Simulator, directory: Path) -> dict[str, str]:
-    """Settings of a service that sends through `simulator`."""
+def sending_environment(database_url: str, directory: Path, twilio_url: str) -> dict[str, str]:
+    """Settings of a service that sends through the simulator at `twilio_url`."""
     return {
         "DATABASE_URL": database_url,
         "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "TWILIO_API_BASE_URL": simulator.url,
+        "TWILIO_API_BASE_URL": twilio_url,
         "TWILIO_FROM": "+15005550006",
         "TWILIO_TIMEOUT": "1",
         "STATUS_TRACKER_API_KEYS": API_KEY,
@@ -260,5 +260,5 @@ def simulator(tmp_path: Path) -> Iterator[Simulator]:
 @pytest.fixture
 def sending_server(database_url: str, tmp_path: Path, simulator: Simulator) -> Iterator[Server]:
     """The service on a real port, sending through the simulator on another."""
-    with Server(sending_environment(database_url, simulator, tmp_path), tmp_path) as running:
+    with Server(sending_environment(database_url, tmp_path, simulator.url), tmp_path) as running:
         yield running

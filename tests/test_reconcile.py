@@ -60,7 +60,9 @@ async def send_through_the_service(
     database_url, lossy_simulator, tmp_path, count: int
 ) -> list[dict]:
     rng = random.Random(9)
-    with Server(sending_environment(database_url, lossy_simulator, tmp_path), tmp_path) as server:
+    with Server(
+        sending_environment(database_url, tmp_path, lossy_simulator.url), tmp_path
+    ) as server:
         headers = {"Authorization": f"Bearer {API_KEY}"}
         async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as client:
             gate = asyncio.Semaphore(16)
