@@ -121,3 +121,48 @@ def test_without_twilio_credentials_it_sends_through_the_built_in_simulator():
         assert code == 0
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_simulator_mode_restart_keeps_the_simulators_messages_for_reconciliation():
+    """The built-in simulator keeps its messages in the data directory: after a restart, the
+    first reconciliation pass still finds them there, and reports no `not_at_twilio`."""
+    directory = world_readable_tempdir("simulator-restart-")
+    environment = {"STATUS_TRACKER_RECONCILE_INTERVAL": "2"}
+    try:
+        with Server(environment, directory) as first:
+            key = (directory / ".status-tracker" / "api-key").read_text().strip()
+            auth = {"Authorization": f"Bearer {key}"}
+            ids = [
+                httpx.post(
+                    f"{first.url}/v1/messages", json={"to": to, "body": "hi"}, headers=auth
+                ).json()["id"]
+                for to in ("+14155550100", "+14155550101", "+14155550001")
+            ]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                statuses = [
+                    httpx.get(f"{first.url}/v1/messages/{id_}", headers=auth).json()["status"]
+                    for id_ in ids
+                ]
+                if statuses == ["delivered", "delivered", "undelivered"]:
+                    break
+                time.sleep(0.2)
+            assert first.stop()[0] == 0
+        assert statuses == ["delivered", "delivered", "undelivered"]
+
+        with Server(environment, directory) as second:
+            restarted = httpx.get(f"{second.url}/v1/reconciliations", headers=auth).json()
+            seen = {run["id"] for run in restarted}
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                runs = httpx.get(f"{second.url}/v1/reconciliations", headers=auth).json()
+                new = [r for r in runs if r["id"] not in seen and r["state"] == "finished"]
+                if new:
+                    break
+                time.sleep(0.2)
+            second.stop()
+        assert new, runs
+        assert "not_at_twilio" not in new[0]["counts"], new[0]
+        assert new[0]["errors"] == []
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import uvicorn
 
@@ -46,6 +47,7 @@ def database(settings: Settings) -> Iterator[tuple[str, bool]]:
 EMBEDDED_SIMULATOR_OPTIONS = ("--delay-min", "0.3", "--delay-max", "2", "--duplicates", "0.05",
                               "--reorder", "0.1", "--create-timeout", "15")  # fmt: skip
 SIMULATOR_FROM = "+15005550006"
+SIMULATOR_STATE_FILE = "simulator.json"
 
 
 @contextmanager
@@ -55,13 +57,17 @@ def twilio_or_simulator(settings: Settings) -> Iterator[None]:
         yield
         return
     port = free_port()
+    # Kept in the data directory, so that after a restart reconciliation still finds at the
+    # simulator the messages sent through it (instead of reporting them `not_at_twilio`).
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    state = settings.data_dir.resolve() / SIMULATOR_STATE_FILE
     credentials = {
         "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID,
         "TWILIO_AUTH_TOKEN": secrets.token_hex(16),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "status_tracker.cli", "simulator", "--port", str(port),
-         *EMBEDDED_SIMULATOR_OPTIONS],
+         "--state", str(state), *EMBEDDED_SIMULATOR_OPTIONS],
         env={**os.environ, **credentials},
     )  # fmt: skip
     try:
@@ -201,6 +207,7 @@ def simulator_command(args: argparse.Namespace) -> None:
         loss_probability=args.loss,
         create_timeout_seconds=args.create_timeout,
         time_scale=args.time_scale,
+        state_file=args.state,
     )
     if token := os.environ.get("TWILIO_AUTH_TOKEN"):
         config.auth_token = token
@@ -262,6 +269,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     simulator_parser.add_argument(
         "--time-scale", type=float, default=1.0, help="multiplies every delay"
+    )
+    simulator_parser.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="JSON file the messages are kept in across restarts (default: none, forgotten on "
+        "exit); `serve` uses DATA_DIR/simulator.json",
     )
     simulator_parser.set_defaults(handler=simulator_command)
 

@@ -62,14 +62,17 @@ import binascii
 import contextlib
 import email.utils
 import itertools
+import json
 import logging
+import os
 import random
 import re
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urldefrag, urlencode, urlsplit
 
@@ -96,6 +99,7 @@ _SCHEDULE_MIN = timedelta(seconds=300)
 _SCHEDULE_MAX = timedelta(days=35)
 _ERROR_MESSAGES = {30003: "Unreachable destination handset", 30007: "Message filtered"}
 _DATE_SENT_ON = {"sent", "failed"}
+_DATETIME_FIELDS = ("date_created", "date_updated", "send_at", "date_sent")
 # Status callbacks in flight at once, as a sender's webhook workers would allow.
 CALLBACK_CONCURRENCY = 50
 
@@ -113,6 +117,8 @@ class SimulatorConfig:
     create_timeout_seconds: float = 30.0
     callback_timeout_seconds: float = 15.0
     time_scale: float = 1.0
+    # Where the messages are kept across restarts (JSON); None: forgotten on exit.
+    state_file: Path | None = None
 
     def __post_init__(self) -> None:
         if not _ACCOUNT_SID.fullmatch(self.account_sid):
@@ -269,6 +275,42 @@ class Simulator:
         self._sequence = itertools.count()
         self._throttled: Counter[str] = Counter()
         self._channel_install_sid = "XE" + self._hex()
+        # Whether the messages changed since they were last saved.
+        self.changed = False
+        if config.state_file is not None and config.state_file.exists():
+            self._load(config.state_file)
+
+    def _load(self, path: Path) -> None:
+        for saved in json.loads(path.read_text()):
+            for name in _DATETIME_FIELDS:
+                if saved[name] is not None:
+                    saved[name] = datetime.fromisoformat(saved[name])
+            message = SimulatedMessage(**saved)
+            self.messages[message.sid] = message
+        start = max((m.sequence for m in self.messages.values()), default=-1) + 1
+        self._sequence = itertools.count(start)
+        _log.info("simulator state loaded messages=%d", len(self.messages))
+
+    def save(self) -> None:
+        """Write the messages to the state file, if there is one and anything changed.
+
+        A message whose lifecycle a restart cuts short stays where it was, as a message whose
+        receipt never comes does at Twilio."""
+        path = self.config.state_file
+        if path is None or not self.changed:
+            return
+        self.changed = False
+        saved = []
+        for message in self.messages.values():
+            state = {f.name: getattr(message, f.name) for f in fields(message)}
+            del state["cancel_event"]
+            for name in _DATETIME_FIELDS:
+                if state[name] is not None:
+                    state[name] = state[name].isoformat()
+            saved.append(state)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(saved))
+        os.replace(temporary, path)
 
     async def drain(self) -> None:
         """Wait until every lifecycle and callback under way has finished.
@@ -360,6 +402,7 @@ class Simulator:
             sequence=next(self._sequence),
         )
         self.messages[message.sid] = message
+        self.changed = True
         _log.info("message created sid=%s to=%s status=%s", message.sid, _redact(to), status)
         self._spawn(self._run(message, self._plan(message)))
         return message, outcome
@@ -508,6 +551,7 @@ class Simulator:
         message.status = step.status
         message.date_updated = now
         message.history.append(step.status)
+        self.changed = True
         if step.status == "queued" and message.messaging_service_sid is not None:
             if message.from_ is None:
                 prefix = "whatsapp:" if _is_whatsapp(message.to) else ""
@@ -663,10 +707,19 @@ def create_simulator_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async def keep() -> None:
+            # Every second at most, so that even a killed simulator forgets little.
+            while True:
+                await asyncio.sleep(1)
+                simulator.save()
+
+        keeping = asyncio.create_task(keep())
         try:
             yield
         finally:
+            keeping.cancel()
             await simulator.close()
+            simulator.save()
 
     async def messages(request: Request) -> Response:
         if (refusal := _refusal(request, simulator)) is not None:
@@ -704,6 +757,7 @@ def create_simulator_app(
             if form.get("Body") == [""]:  # Twilio's redaction
                 found.body = ""
                 found.date_updated = _now()
+                simulator.changed = True
             return JSONResponse(found.to_json())
         except TwilioError as error:
             return _error(error)
