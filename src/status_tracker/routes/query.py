@@ -16,9 +16,9 @@ from pydantic import BaseModel, Field
 from status_tracker import privacy, repository
 from status_tracker.deps import ConnectionDep, PoolDep, SettingsDep, require_api_key
 from status_tracker.error_codes import describe
-from status_tracker.errors import BadRequest, NotFound
-from status_tracker.models import Event, MessagePage, summary_view, timeline
-from status_tracker.precedence import FINAL_STATUSES
+from status_tracker.errors import BadRequest, NotFound, Unprocessable
+from status_tracker.models import Event, MessagePage, rfc3339, summary_view, timeline
+from status_tracker.precedence import FINAL_STATUSES, STATUS_ORDER
 
 router = APIRouter(prefix="/v1", tags=["query"], dependencies=[Depends(require_api_key)])
 
@@ -39,15 +39,28 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         raise BadRequest("The cursor is not one this API gave out.") from error
 
 
+def with_time_zones(*moments: datetime | None) -> None:
+    if any(moment is not None and moment.tzinfo is None for moment in moments):
+        raise BadRequest("Give since and until with a time zone, e.g. 2026-11-24T00:00:00Z.")
+
+
 def window(since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
     """The time window asked for; by default the last 24 hours."""
     until = until or datetime.now(UTC)
     since = since or until - timedelta(days=1)
-    if since.tzinfo is None or until.tzinfo is None:
-        raise BadRequest("Give since and until with a time zone, e.g. 2026-11-24T00:00:00Z.")
+    with_time_zones(since, until)
     if since >= until:
         raise BadRequest("since must be before until.")
-    return since, until
+    return since.astimezone(UTC), until.astimezone(UTC)
+
+
+def known_statuses(statuses: list[str] | None) -> list[str]:
+    unknown = sorted(set(statuses or ()) - set(STATUS_ORDER))
+    if unknown:
+        named = ", ".join(map(repr, unknown))
+        message = f"Unknown status {named}; the known ones are {', '.join(STATUS_ORDER)}."
+        raise Unprocessable(message, errors=[{"field": "query.status", "message": message}])
+    return statuses or []
 
 
 @router.get(
@@ -59,20 +72,27 @@ def window(since: datetime | None, until: datetime | None) -> tuple[datetime, da
 async def list_messages(
     connection: ConnectionDep,
     settings: SettingsDep,
-    status: Annotated[list[str] | None, Query(description="Repeatable")] = None,
+    status: Annotated[
+        list[str] | None, Query(description=f"Repeatable; one of {', '.join(STATUS_ORDER)}")
+    ] = None,
     direction: Annotated[str | None, Query(examples=["outbound-api"])] = None,
     to: Annotated[str | None, Query(examples=["+14155550100"])] = None,
     from_: Annotated[str | None, Query(alias="from")] = None,
     error_code: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
-    since: Annotated[datetime | None, Query(description="Created at or after")] = None,
-    until: Annotated[datetime | None, Query(description="Created before")] = None,
+    since: Annotated[
+        datetime | None, Query(description="Created at or after; with a time zone (…Z)")
+    ] = None,
+    until: Annotated[
+        datetime | None, Query(description="Created before; with a time zone (…Z)")
+    ] = None,
     reference: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
 ) -> MessagePage:
     """Keyset pagination: pages neither skip nor repeat while new messages arrive."""
+    with_time_zones(since, until)
     filters = repository.MessageFilter(
-        statuses=status or (),
+        statuses=known_statuses(status),
         direction=direction,
         # Numbers are stored as the redaction setting says: look them up the same way.
         to=privacy.redact_number(to, settings),
@@ -190,9 +210,13 @@ def _export_row(record: Any, events: bool) -> dict[str, Any]:
 
 
 def _cell(value: Any) -> str:
-    text = "" if value is None else value.isoformat() if isinstance(value, datetime) else str(value)
+    text = "" if value is None else rfc3339(value) if isinstance(value, datetime) else str(value)
     # A cell a spreadsheet would run as a formula (=, +, -, @) is kept as text.
     return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+
+
+def _json_value(value: Any) -> Any:
+    return rfc3339(value) if isinstance(value, datetime) else str(value)
 
 
 @router.get(
@@ -235,7 +259,7 @@ async def export(
                     if format == "csv":
                         writer.writerow(_cell(row[name]) for name in columns)
                     else:
-                        buffer.write(json.dumps(row, default=str) + "\n")
+                        buffer.write(json.dumps(row, default=_json_value) + "\n")
                     if buffer.tell() > 64 * 1024:
                         yield buffer.getvalue().encode()
                         buffer.seek(0)
