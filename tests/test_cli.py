@@ -1,5 +1,6 @@
 """`status-tracker serve` and `migrate` as a new user runs them."""
 
+import argparse
 import asyncio
 import re
 import shutil
@@ -8,6 +9,7 @@ import time
 import asyncpg
 import httpx
 
+from status_tracker.cli import parser
 from status_tracker.database import downgrade, migrate
 from tests.conftest import Server, world_readable_tempdir
 from tests.support import AUTH_TOKEN, callback_fields, new_sid, signed
@@ -166,3 +168,21 @@ def test_simulator_mode_restart_keeps_the_simulators_messages_for_reconciliation
         assert new[0]["errors"] == []
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_every_option_of_every_command_says_what_it_does_its_default_and_format():
+    commands = next(
+        action for action in parser()._actions if isinstance(action, argparse._SubParsersAction)
+    )
+    undocumented = []
+    for name, command in commands.choices.items():
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            text = action.help or ""
+            takes_value = action.nargs != 0
+            if "default" not in text or (takes_value and action.metavar is None):
+                undocumented.append((name, action.dest))
+    assert undocumented == []
+    help_text = commands.choices["reconcile"].format_help()
+    assert "2026-11-24T00:00:00Z" in help_text
