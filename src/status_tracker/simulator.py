@@ -52,8 +52,10 @@ Callbacks are signed like Twilio's (`X-Twilio-Signature` over the StatusCallback
 `#fragment`) and carry `I-Twilio-Idempotency-Token`, the same on retries of one callback and
 different between duplicates. Twilio's connection overrides in the URL fragment are honoured
 (`#rc=3&rp=all&ct=2000&rt=5000&tt=15000`: retries 0-5, policy `4xx,5xx,ct,rt,all`, timeouts in
-ms); without them a callback is retried once, only when the connection fails. Every callback's
-fate is recorded in `Simulator.callbacks`.
+ms); without them a callback is retried once, only when the connection fails. At most
+`CALLBACK_CONCURRENCY` callbacks are posted at once; a callback's total time (`tt`) starts when it
+is posted, not while it waits for its turn. Every callback's fate is recorded in
+`Simulator.callbacks`. With `SimulatorConfig.state_file` the messages outlive a restart.
 """
 
 import asyncio
