@@ -114,7 +114,7 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
 def _json_error(body: bytes, error: Any) -> str:
     """Where and what, in words: FastAPI only says "JSON decode error" and a character offset."""
     position = error["loc"][-1] if isinstance(error["loc"][-1], int) else 0
-    before = body[:position].decode("utf-8", "replace")
+    before = body.decode("utf-8", "replace")[:position]  # a position in characters, not bytes
     line, column = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
     what = error.get("ctx", {}).get("error") or "malformed JSON"
     return f"The body is not valid JSON: {what} at line {line}, column {column}."
