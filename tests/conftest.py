@@ -6,6 +6,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -27,6 +28,8 @@ from status_tracker.settings import Settings
 from tests.support import ACCOUNT_SID, API_KEY, AUTH_TOKEN, PUBLIC_URL
 
 TEMPLATE = "status_tracker_template"
+# The `status-tracker` command of the Python running the tests, activated venv or not.
+COMMAND = (sys.executable, "-m", "status_tracker.cli")
 
 
 def world_readable_tempdir(prefix: str) -> Path:
@@ -149,7 +152,7 @@ class Server:
         environment["STATUS_TRACKER_PUBLIC_URL"] = self.url
         environment.update(env)
         self.process = subprocess.Popen(
-            ["status-tracker", "serve", "--port", str(self.port), *args],
+            [*COMMAND, "serve", "--port", str(self.port), *args],
             env=environment,
             cwd=cwd,
             stdout=subprocess.PIPE,
@@ -214,7 +217,7 @@ class Simulator:
         environment = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
         environment.update({"TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN})
         self.process = subprocess.Popen(
-            ["status-tracker", "simulator", "--port", str(self.port), *options],
+            [*COMMAND, "simulator", "--port", str(self.port), *options],
             env=environment,
             stderr=self._log_file,
         )
@@ -226,13 +229,13 @@ class Simulator:
         self._log_file.close()
 
 
-def sending_environment(database_url: str, simulator: Simulator, directory: Path) -> dict[str, str]:
-    """Settings of a service that sends through `simulator`."""
+def sending_environment(database_url: str, directory: Path, twilio_url: str) -> dict[str, str]:
+    """Settings of a service that sends through the simulator at `twilio_url`."""
     return {
         "DATABASE_URL": database_url,
         "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "TWILIO_API_BASE_URL": simulator.url,
+        "TWILIO_API_BASE_URL": twilio_url,
         "TWILIO_FROM": "+15005550006",
         "TWILIO_TIMEOUT": "1",
         "STATUS_TRACKER_API_KEYS": API_KEY,
@@ -257,5 +260,5 @@ def simulator(tmp_path: Path) -> Iterator[Simulator]:
 @pytest.fixture
 def sending_server(database_url: str, tmp_path: Path, simulator: Simulator) -> Iterator[Server]:
     """The service on a real port, sending through the simulator on another."""
-    with Server(sending_environment(database_url, simulator, tmp_path), tmp_path) as running:
+    with Server(sending_environment(database_url, tmp_path, simulator.url), tmp_path) as running:
         yield running

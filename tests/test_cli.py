@@ -1,5 +1,6 @@
 """`status-tracker serve` and `migrate` as a new user runs them."""
 
+import argparse
 import asyncio
 import os
 import re
@@ -15,6 +16,7 @@ import asyncpg
 import httpx
 import pytest
 
+from status_tracker.cli import parser
 from status_tracker.database import downgrade, migrate
 from status_tracker.embedded_postgres import EmbeddedPostgres
 from status_tracker.ports import free_port
@@ -255,3 +257,66 @@ def test_after_kill_9_the_simulator_exits_and_the_next_start_adopts_and_stops_th
             leftover.started_here = True
             leftover.stop(mode="immediate")
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_simulator_mode_restart_keeps_the_simulators_messages_for_reconciliation():
+    """The built-in simulator keeps its messages in the data directory: after a restart, the
+    first reconciliation pass still finds them there, and reports no `not_at_twilio`."""
+    directory = world_readable_tempdir("simulator-restart-")
+    environment = {"STATUS_TRACKER_RECONCILE_INTERVAL": "2"}
+    try:
+        with Server(environment, directory) as first:
+            key = (directory / ".status-tracker" / "api-key").read_text().strip()
+            auth = {"Authorization": f"Bearer {key}"}
+            ids = [
+                httpx.post(
+                    f"{first.url}/v1/messages", json={"to": to, "body": "hi"}, headers=auth
+                ).json()["id"]
+                for to in ("+14155550100", "+14155550101", "+14155550001")
+            ]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                statuses = [
+                    httpx.get(f"{first.url}/v1/messages/{id_}", headers=auth).json()["status"]
+                    for id_ in ids
+                ]
+                if statuses == ["delivered", "delivered", "undelivered"]:
+                    break
+                time.sleep(0.2)
+            assert first.stop()[0] == 0
+        assert statuses == ["delivered", "delivered", "undelivered"]
+
+        with Server(environment, directory) as second:
+            restarted = httpx.get(f"{second.url}/v1/reconciliations", headers=auth).json()
+            seen = {run["id"] for run in restarted}
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                runs = httpx.get(f"{second.url}/v1/reconciliations", headers=auth).json()
+                new = [r for r in runs if r["id"] not in seen and r["state"] == "finished"]
+                if new:
+                    break
+                time.sleep(0.2)
+            second.stop()
+        assert new, runs
+        assert "not_at_twilio" not in new[0]["counts"], new[0]
+        assert new[0]["errors"] == []
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_every_option_of_every_command_says_what_it_does_its_default_and_format():
+    commands = next(
+        action for action in parser()._actions if isinstance(action, argparse._SubParsersAction)
+    )
+    undocumented = []
+    for name, command in commands.choices.items():
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            text = action.help or ""
+            takes_value = action.nargs != 0
+            if "default" not in text or (takes_value and action.metavar is None):
+                undocumented.append((name, action.dest))
+    assert undocumented == []
+    help_text = commands.choices["reconcile"].format_help()
+    assert "2026-11-24T00:00:00Z" in help_text

@@ -31,7 +31,7 @@ def fuzzed_service(
     simulator = Simulator(
         directory, "--delay-min", "0", "--delay-max", "0.05", "--create-timeout", "2"
     )
-    environment = sending_environment(database_url, simulator, directory)
+    environment = sending_environment(database_url, directory, simulator.url)
     try:
         with Server(environment, directory) as server:
             yield server

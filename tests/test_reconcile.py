@@ -21,7 +21,7 @@ from status_tracker.repository import RECONCILE_LOCK, STALE_MESSAGES
 from status_tracker.settings import Settings
 from status_tracker.twilio_api import TwilioApi
 from status_tracker.twilio_http import RetryPolicy
-from tests.conftest import ENV_PREFIXES, Server, Simulator, sending_environment
+from tests.conftest import COMMAND, ENV_PREFIXES, Server, Simulator, sending_environment
 from tests.support import ACCOUNT_SID, API_KEY, AUTH_TOKEN, callback_fields, new_sid, signed
 
 SUFFIXES = ["0100", "0100", "0001", "0002", "0005", "0006", "0007"]
@@ -63,7 +63,9 @@ async def send_through_the_service(
     database_url, lossy_simulator, tmp_path, count: int
 ) -> list[dict]:
     rng = random.Random(9)
-    with Server(sending_environment(database_url, lossy_simulator, tmp_path), tmp_path) as server:
+    with Server(
+        sending_environment(database_url, tmp_path, lossy_simulator.url), tmp_path
+    ) as server:
         headers = {"Authorization": f"Bearer {API_KEY}"}
         async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as client:
             gate = asyncio.Semaphore(16)
@@ -186,7 +188,7 @@ def test_reconcile_command_prints_a_summary(database_url, lossy_simulator):
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "TWILIO_API_BASE_URL": lossy_simulator.url,
     })  # fmt: skip
     done = subprocess.run(
-        ["status-tracker", "reconcile", "--dry-run"], env=environment, capture_output=True,
+        [*COMMAND, "reconcile", "--dry-run"], env=environment, capture_output=True,
         text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -312,7 +314,7 @@ def test_reconcile_command_fails_while_another_pass_runs(database_url, lossy_sim
         try:
             await holder.execute("SELECT pg_advisory_lock($1)", RECONCILE_LOCK)
             return await asyncio.to_thread(
-                subprocess.run, ["status-tracker", "reconcile"], env=environment,
+                subprocess.run, [*COMMAND, "reconcile"], env=environment,
                 capture_output=True, text=True, timeout=60,
             )  # fmt: skip
         finally:

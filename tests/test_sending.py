@@ -11,9 +11,12 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import uvicorn
 
-from tests.conftest import Server, Simulator, sending_environment
-from tests.support import API_KEY
+from status_tracker.ports import free_port
+from status_tracker.simulator import SimulatorConfig, create_simulator_app
+from tests.conftest import Server, sending_environment
+from tests.support import ACCOUNT_SID, API_KEY, AUTH_TOKEN
 
 SERVICE_SID = "MG" + "1" * 32
 
@@ -204,12 +207,28 @@ async def test_invalid_input_is_a_422_naming_the_field(api, database_url):
 
 async def test_burst_of_sends_ends_in_the_states_the_numbers_call_for(tmp_path, database_url):
     """2,000 sends with callbacks reordered and duplicated: every message ends where its
-    To number says."""
+    To number says.
 
-    unruly = Simulator(tmp_path, "--seed", "11", "--delay-min", "0", "--delay-max", "0.2",
-                       "--duplicates", "0.3", "--reorder", "0.5")  # fmt: skip
-    # A burst may slow the simulator's answers past the 1 s the other tests allow.
-    environment = {**sending_environment(database_url, unruly, tmp_path), "TWILIO_TIMEOUT": "10"}
+    The simulator runs in this process, so the test waits for exactly what it needs, every
+    lifecycle finished and every callback answered (`drain`), then looks once: no deadline
+    that a loaded machine can overrun."""
+
+    unruly = SimulatorConfig(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, seed=11,
+                             callback_delay_min=0, callback_delay_max=0.2,
+                             duplicate_probability=0.3, reorder_probability=0.5)  # fmt: skip
+    app = create_simulator_app(unruly)
+    simulator = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=free_port(), ws="none", log_level="warning")
+    )
+    running = asyncio.create_task(simulator.serve())
+    while not simulator.started:
+        assert not running.done(), running.result()
+        await asyncio.sleep(0.01)
+    environment = {
+        **sending_environment(database_url, tmp_path, f"http://127.0.0.1:{simulator.config.port}"),
+        # A burst may slow the simulator's answers past the 1 s the other tests allow.
+        "TWILIO_TIMEOUT": "10",
+    }
     expected_by_suffix = {"0100": "delivered", "0001": "undelivered", "0002": "undelivered",
                           "0005": "sent"}  # fmt: skip
     rng = random.Random(3)
@@ -229,32 +248,28 @@ async def test_burst_of_sends_ends_in_the_states_the_numbers_call_for(tmp_path, 
                         return response.status_code
 
                 codes = await asyncio.gather(*(send(to) for to in tos))
-                assert set(codes) == {201}
-                connection = await asyncpg.connect(database_url)
-                try:
-                    deadline = time.monotonic() + 60
-                    while True:
-                        rows = await connection.fetch("SELECT to_number, status FROM messages")
-                        wrong = [
-                            r
-                            for r in rows
-                            if r["status"] != expected_by_suffix[r["to_number"][-4:]]
-                        ]
-                        if not wrong or time.monotonic() > deadline:
-                            break
-                        await asyncio.sleep(0.5)
-                    duplicates = await connection.fetchval(
-                        "SELECT count(*) FROM message_events e WHERE source = 'callback' AND EXISTS ("
-                        " SELECT 1 FROM message_events d WHERE d.message_id = e.message_id"
-                        " AND d.status = e.status AND d.id < e.id AND d.source = 'callback')"
-                    )
-                finally:
-                    await connection.close()
-        assert len(rows) == 2000
-        assert wrong == []
-        assert duplicates > 0  # the simulator really did send some twice
+            await app.state.simulator.drain()
+            # A callback is answered only once it is committed: what the store shows now is final.
+            callbacks = app.state.simulator.callbacks
+            unanswered = [c for c in callbacks if c.outcome != "delivered"]
+            connection = await asyncpg.connect(database_url)
+            try:
+                rows = await connection.fetch("SELECT to_number, status FROM messages")
+                duplicates = await connection.fetchval(
+                    "SELECT count(*) FROM message_events e WHERE source = 'callback' AND EXISTS ("
+                    " SELECT 1 FROM message_events d WHERE d.message_id = e.message_id"
+                    " AND d.status = e.status AND d.id < e.id AND d.source = 'callback')"
+                )
+            finally:
+                await connection.close()
     finally:
-        unruly.close()
+        simulator.should_exit = True
+        await running
+    assert set(codes) == {201}
+    assert unanswered == []
+    assert len(rows) == 2000
+    assert [r for r in rows if r["status"] != expected_by_suffix[r["to_number"][-4:]]] == []
+    assert duplicates > 0  # the simulator really did send some twice
 
 
 async def test_service_callback_that_outruns_the_send_response_is_merged_into_the_attempt(

@@ -5,6 +5,7 @@ import contextlib
 import re
 import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,12 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from status_tracker.simulator import Simulator, SimulatorConfig, create_simulator_app
+from status_tracker.simulator import (
+    CALLBACK_CONCURRENCY,
+    Simulator,
+    SimulatorConfig,
+    create_simulator_app,
+)
 from status_tracker.twilio_http import HttpxTwilioClient
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
@@ -635,3 +641,21 @@ async def test_rcs_through_a_messaging_service_is_sent_from_an_rcs_sender(
     assert receiver.statuses(message.sid) == ["queued", "sent", "delivered", "read"]
     assert {call.params["ChannelPrefix"] for call in receiver.received(message.sid)} == {"rcs"}
     assert (await twilio.fetch(message.sid)).from_.startswith("rcs:")
+
+
+async def test_callbacks_waiting_for_a_free_sender_are_not_timed_out(
+    start_twilio: StartTwilio, receiver: Receiver
+) -> None:
+    """Five times more callbacks than the simulator posts at once, to a receiver that takes 0.5 s
+    each: the time one waits for its turn inside the simulator is not the receiver's, so none of
+    them runs out of its 2 s (before, the last waves did: the cause of a flaky burst test)."""
+    twilio = await start_twilio(callback_timeout_seconds=2, time_scale=0)
+    for index in range(5 * CALLBACK_CONCURRENCY):
+        twilio.simulator.create(
+            {"To": [f"+1415{index:03d}0005"], "From": [SENDER], "Body": ["hi"],
+             "StatusCallback": [receiver.url("/slow")]}
+        )  # fmt: skip
+    await twilio.simulator.drain()
+
+    outcomes = Counter(record.outcome for record in twilio.simulator.callbacks)
+    assert outcomes == {"delivered": 5 * CALLBACK_CONCURRENCY}

@@ -14,7 +14,15 @@ from starlette.types import Receive, Scope, Send
 from status_tracker import errors, logs, reconcile
 from status_tracker.database import create_pool
 from status_tracker.ingest import ReportWriter
-from status_tracker.routes import health, inbound, messages, query, reconciliations, webhooks
+from status_tracker.routes import (
+    docs,
+    health,
+    inbound,
+    messages,
+    query,
+    reconciliations,
+    webhooks,
+)
 from status_tracker.settings import Settings
 from status_tracker.signatures import SignatureVerifier
 from status_tracker.twilio_api import TwilioApi
@@ -122,8 +130,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Durable, order-proof tracking of Twilio message statuses.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     errors.install(app)
+    docs.install(app)
     app.include_router(health.router)
     app.include_router(webhooks.router)
     app.include_router(inbound.router)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -118,6 +119,7 @@ def database(settings: Settings) -> Iterator[tuple[str, bool]]:
 EMBEDDED_SIMULATOR_OPTIONS = ("--delay-min", "0.3", "--delay-max", "2", "--duplicates", "0.05",
                               "--reorder", "0.1", "--create-timeout", "15")  # fmt: skip
 SIMULATOR_FROM = "+15005550006"
+SIMULATOR_STATE_FILE = "simulator.json"
 
 
 @contextmanager
@@ -127,13 +129,18 @@ def twilio_or_simulator(settings: Settings) -> Iterator[None]:
         yield
         return
     port = free_port()
+    # Kept in the data directory, so that after a restart reconciliation still finds at the
+    # simulator the messages sent through it (instead of reporting them `not_at_twilio`).
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    state = settings.data_dir.resolve() / SIMULATOR_STATE_FILE
     credentials = {
         "TWILIO_ACCOUNT_SID": DEFAULT_ACCOUNT_SID,
         "TWILIO_AUTH_TOKEN": secrets.token_hex(16),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "status_tracker.cli", "simulator", "--port", str(port),
-         "--parent-pid", str(os.getpid()), *EMBEDDED_SIMULATOR_OPTIONS],
+         "--parent-pid", str(os.getpid()), "--state", str(state),
+         *EMBEDDED_SIMULATOR_OPTIONS],
         env={**os.environ, **credentials},
     )  # fmt: skip
     try:
@@ -307,6 +314,7 @@ def simulator_command(args: argparse.Namespace) -> None:
         time_scale=args.time_scale,
         get_429_probability=args.get_429,
         get_5xx_probability=args.get_5xx,
+        state_file=args.state,
     )
     if token := os.environ.get("TWILIO_AUTH_TOKEN"):
         config.auth_token = token
@@ -319,23 +327,65 @@ def simulator_command(args: argparse.Namespace) -> None:
     run_simulator(args.host, args.port, config)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="status-tracker",
-        description="Track what became of every message sent through Twilio.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+def _time(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from error
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give a time zone, e.g. {value}Z")
+    return moment
 
-    serve_parser = commands.add_parser("serve", help="run the HTTP service")
-    serve_parser.add_argument("--host", default="127.0.0.1")
-    serve_parser.add_argument("--port", type=int, default=8000)
-    serve_parser.add_argument("--workers", type=int, default=1, help="worker processes")
+
+def parser() -> argparse.ArgumentParser:
+    """The command line; every option says what it does, its default and its format."""
+    main_parser = argparse.ArgumentParser(
+        prog="status-tracker",
+        description="Track what became of every message sent through Twilio. Settings come "
+        "from the environment or ./.env (see README, Configuration).",
+    )
+    commands = main_parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve_parser = commands.add_parser(
+        "serve",
+        help="run the HTTP service",
+        description="Run the HTTP service. Without DATABASE_URL it starts, migrates and stops "
+        "an embedded PostgreSQL; without Twilio credentials it sends through the built-in "
+        "simulator.",
+    )
+    serve_parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="IP address to listen on, e.g. 0.0.0.0 for every interface (default: %(default)s)",
+    )
+    serve_parser.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        metavar="PORT",
+        help="TCP port to listen on (default: %(default)s)",
+    )
+    serve_parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes, each with its own database pool (default: %(default)s)",
+    )
     serve_parser.set_defaults(handler=serve)
 
     migrate_parser = commands.add_parser(
         "migrate", help="bring the database schema up to date (DATABASE_URL, or the embedded one)"
     )
-    migrate_parser.add_argument("revision", nargs="?", default="head")
+    migrate_parser.add_argument(
+        "revision",
+        nargs="?",
+        default="head",
+        metavar="REVISION",
+        help="Alembic revision to go to: an id from alembic/versions, "
+        "or head (default: %(default)s)",
+    )
     migrate_parser.set_defaults(handler=migrate_command)
 
     reconcile_parser = commands.add_parser(
@@ -344,10 +394,25 @@ def main(argv: list[str] | None = None) -> None:
         description="One pass: stale messages are fetched from Twilio; Twilio's messages sent "
         "in the window (default: the last 24 h) are compared with the store.",
     )
-    reconcile_parser.add_argument("--since", type=datetime.fromisoformat, default=None)
-    reconcile_parser.add_argument("--until", type=datetime.fromisoformat, default=None)
     reconcile_parser.add_argument(
-        "--dry-run", action="store_true", help="report what differs, apply nothing"
+        "--since",
+        type=_time,
+        default=None,
+        metavar="TIME",
+        help="start of the window, ISO 8601 with a time zone, e.g. "
+        "2026-11-24T00:00:00Z (default: 24 h before --until)",
+    )
+    reconcile_parser.add_argument(
+        "--until",
+        type=_time,
+        default=None,
+        metavar="TIME",
+        help="end of the window, same format (default: now)",
+    )
+    reconcile_parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="report what differs, apply nothing (default: off, differences are applied)",
     )
     reconcile_parser.add_argument(
         "--resume",
@@ -363,19 +428,86 @@ def main(argv: list[str] | None = None) -> None:
         description="Credentials: TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, else built-in "
         "defaults. Point the SDK at it with client.api.base_url = 'http://HOST:PORT'.",
     )
-    simulator_parser.add_argument("--host", default="127.0.0.1")
-    simulator_parser.add_argument("--port", type=int, default=8100)
-    simulator_parser.add_argument("--seed", type=int, default=None, help="for reproducible runs")
-    simulator_parser.add_argument("--delay-min", type=float, default=0.05, help="seconds")
-    simulator_parser.add_argument("--delay-max", type=float, default=0.5, help="seconds")
-    simulator_parser.add_argument("--duplicates", type=float, default=0.0, help="probability")
-    simulator_parser.add_argument("--reorder", type=float, default=0.0, help="probability")
-    simulator_parser.add_argument("--loss", type=float, default=0.0, help="probability")
-    simulator_parser.add_argument(
-        "--create-timeout", type=float, default=30.0, help="seconds a `…0007` create hangs"
+    option = simulator_parser.add_argument
+    option(
+        "--host",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="IP address to listen on (default: %(default)s)",
     )
-    simulator_parser.add_argument(
-        "--time-scale", type=float, default=1.0, help="multiplies every delay"
+    option(
+        "--port",
+        type=int,
+        default=8100,
+        metavar="PORT",
+        help="TCP port to listen on (default: %(default)s)",
+    )
+    option(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="integer seed of every random choice, for reproducible runs "
+        "(default: none, different every run)",
+    )
+    option(
+        "--delay-min",
+        type=float,
+        default=0.05,
+        metavar="SECONDS",
+        help="shortest time between two statuses of a message (default: %(default)s)",
+    )
+    option(
+        "--delay-max",
+        type=float,
+        default=0.5,
+        metavar="SECONDS",
+        help="longest time between two statuses of a message (default: %(default)s)",
+    )
+    option(
+        "--duplicates",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability, 0 to 1, that a callback is sent twice (default: %(default)s)",
+    )
+    option(
+        "--reorder",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability, 0 to 1, that a message's callbacks arrive shuffled "
+        "(default: %(default)s)",
+    )
+    option(
+        "--loss",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability, 0 to 1, that a callback is never sent (default: %(default)s)",
+    )
+    option(
+        "--create-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a create to a number ending in 0007 hangs before answering "
+        "(default: %(default)s)",
+    )
+    option(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        metavar="FACTOR",
+        help="multiplies every delay, e.g. 0 for none (default: %(default)s)",
+    )
+    option(
+        "--state",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="JSON file the messages are kept in across restarts (default: none, forgotten "
+        "on exit; `serve` uses DATA_DIR/simulator.json)",
     )
     simulator_parser.add_argument(
         "--parent-pid", type=int, default=None, help="exit when this process is gone"
@@ -387,8 +519,11 @@ def main(argv: list[str] | None = None) -> None:
         "--get-5xx", type=float, default=0.0, help="probability a fetch or list page gets 503"
     )
     simulator_parser.set_defaults(handler=simulator_command)
+    return main_parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     try:
         logs.configure(load_settings().log_level)
         args.handler(args)

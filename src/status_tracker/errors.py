@@ -107,11 +107,22 @@ async def _problem(request: Request, exc: Exception) -> JSONResponse:
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [
-        {"field": ".".join(str(part) for part in error["loc"]), "message": error["msg"]}
+        {"field": "body", "message": _json_error(await request.body(), error)}
+        if error["type"] == "json_invalid"
+        else {"field": ".".join(str(part) for part in error["loc"]), "message": error["msg"]}
         for error in exc.errors()
     ]
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     return problem_response(422, "Unprocessable Content", detail, errors=errors)
+
+
+def _json_error(body: bytes, error: Any) -> str:
+    """Where and what, in words: FastAPI only says "JSON decode error" and a character offset."""
+    position = error["loc"][-1] if isinstance(error["loc"][-1], int) else 0
+    before = body.decode("utf-8", "replace")[:position]  # a position in characters, not bytes
+    line, column = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+    what = error.get("ctx", {}).get("error") or "malformed JSON"
+    return f"The body is not valid JSON: {what} at line {line}, column {column}."
 
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:

@@ -1,7 +1,7 @@
 """The JSON shapes of the `/v1` API."""
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -9,6 +9,12 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from status_tracker.error_codes import describe
 from status_tracker.precedence import Report, conflicts, is_known
+
+
+def rfc3339(moment: datetime) -> str:
+    """A timestamp as the API writes every one, JSON, JSON lines and CSV alike: RFC 3339 in UTC
+    with `Z`, as pydantic writes the models' timestamps."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class Event(BaseModel):

@@ -152,10 +152,12 @@ async def run_periodically(pool: asyncpg.Pool, twilio: TwilioApi, settings: Sett
     worker whose turn comes less than half an interval after another's pass skips it. The
     first pass comes soon after start (at most five minutes), to catch up after an outage."""
     interval = settings.reconcile_interval_seconds
-    delay = min(interval, 300.0)
+    # Jittered so that workers started together spread out: the first pass only downwards, so
+    # that it does come within five minutes; the next ones by 10 % either way.
+    delay = min(interval, 300.0) * random.uniform(0.5, 1.0)
     while True:
-        await asyncio.sleep(delay * random.uniform(0.9, 1.1))
-        delay = interval
+        await asyncio.sleep(delay)
+        delay = interval * random.uniform(0.9, 1.1)
         until = datetime.now(UTC)
         since = until - timedelta(days=1)
         try:

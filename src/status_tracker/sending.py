@@ -21,7 +21,7 @@ from twilio.base.exceptions import TwilioRestException
 from status_tracker import opt_outs, privacy, repository
 from status_tracker.callbacks import StatusReport, channel_of
 from status_tracker.ids import uuid7
-from status_tracker.models import SendMessage
+from status_tracker.models import SendMessage, rfc3339
 from status_tracker.settings import Settings
 from status_tracker.twilio_api import TwilioApi
 
@@ -40,6 +40,12 @@ class InvalidSend(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class OptedOut(Exception):
+    """The recipient replied STOP: refused here, without calling Twilio (which would, 21610)."""
+
+    code = 21610
 
 
 class IdempotencyConflict(Exception):
@@ -143,7 +149,9 @@ async def send(
             request_hash=fingerprint,
             created_at=now,
             fields=privacy.scrub_fields(
-                {"request": {k: _jsonable(v) for k, v in params.items()}}, settings
+                # Stored under Twilio's names: `from`, not the SDK's `from_`.
+                {"request": {k.rstrip("_"): _jsonable(v) for k, v in params.items()}},
+                settings,
             ),
         )
         if not recorded:
@@ -156,13 +164,10 @@ async def send(
             return SendResult(earlier["id"], "replayed")
         if await repository.is_opted_out(connection, recipient, scope):
             # Twilio would refuse it (21610); refusing here keeps the attempt on record anyway.
-            refusal = TwilioRestException(
-                400, "", "The recipient replied STOP to this sender: not sent.", code=21610
-            )
             report = _report(message_id, status="failed", error_code=21610,
                              fields={"refused_locally": True, "code": 21610})  # fmt: skip
             await repository.record_send_result(connection, report, "refused")
-            return SendResult(message_id, "refused", refusal)
+            return SendResult(message_id, "refused", OptedOut())
 
     outcome: Literal["accepted", "refused", "unknown"]
     error: Exception | None = None
@@ -257,7 +262,7 @@ def _created_fields(message: Any) -> dict[str, Any]:
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.isoformat()
+        return rfc3339(value)
     if isinstance(value, list | dict | str | int | float | bool) or value is None:
         return value
     return str(value)

@@ -59,8 +59,10 @@ Callbacks are signed like Twilio's (`X-Twilio-Signature` over the StatusCallback
 `#fragment`) and carry `I-Twilio-Idempotency-Token`, the same on retries of one callback and
 different between duplicates. Twilio's connection overrides in the URL fragment are honoured
 (`#rc=3&rp=all&ct=2000&rt=5000&tt=15000`: retries 0-5, policy `4xx,5xx,ct,rt,all`, timeouts in
-ms); without them a callback is retried once, only when the connection fails. Every callback's
-fate is recorded in `Simulator.callbacks`.
+ms); without them a callback is retried once, only when the connection fails. At most
+`CALLBACK_CONCURRENCY` callbacks are posted at once; a callback's total time (`tt`) starts when it
+is posted, not while it waits for its turn. Every callback's fate is recorded in
+`Simulator.callbacks`. With `SimulatorConfig.state_file` the messages outlive a restart.
 """
 
 import asyncio
@@ -69,14 +71,17 @@ import binascii
 import contextlib
 import email.utils
 import itertools
+import json
 import logging
+import os
 import random
 import re
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urldefrag, urlencode, urlsplit
 
@@ -107,6 +112,7 @@ _ERROR_MESSAGES = {
     30007: "Message filtered",
 }
 _DATE_SENT_ON = {"sent", "failed"}
+_DATETIME_FIELDS = ("date_created", "date_updated", "send_at", "date_sent")
 # Status callbacks in flight at once, as a sender's webhook workers would allow.
 CALLBACK_CONCURRENCY = 50
 
@@ -127,6 +133,8 @@ class SimulatorConfig:
     # Share of GETs (fetches and list pages) answered 429 (code 20429) or 503 (code 20503).
     get_429_probability: float = 0.0
     get_5xx_probability: float = 0.0
+    # Where the messages are kept across restarts (JSON); None: forgotten on exit.
+    state_file: Path | None = None
 
     def __post_init__(self) -> None:
         if not _ACCOUNT_SID.fullmatch(self.account_sid):
@@ -279,11 +287,49 @@ class Simulator:
         self._validator = RequestValidator(config.auth_token)
         self._transport = callback_transport
         self._http: httpx.AsyncClient | None = None
+        # Callbacks wait for a sender here, not in httpx's pool, whose queue costs CPU in the
+        # square of its length.
         self._posting = asyncio.Semaphore(CALLBACK_CONCURRENCY)
         self._tasks: set[asyncio.Task[None]] = set()
         self._sequence = itertools.count()
         self._throttled: Counter[str] = Counter()
         self._channel_install_sid = "XE" + self._hex()
+        # Whether the messages changed since they were last saved.
+        self.changed = False
+        if config.state_file is not None and config.state_file.exists():
+            self._load(config.state_file)
+
+    def _load(self, path: Path) -> None:
+        for saved in json.loads(path.read_text()):
+            for name in _DATETIME_FIELDS:
+                if saved[name] is not None:
+                    saved[name] = datetime.fromisoformat(saved[name])
+            message = SimulatedMessage(**saved)
+            self.messages[message.sid] = message
+        start = max((m.sequence for m in self.messages.values()), default=-1) + 1
+        self._sequence = itertools.count(start)
+        _log.info("simulator state loaded messages=%d", len(self.messages))
+
+    def save(self) -> None:
+        """Write the messages to the state file, if there is one and anything changed.
+
+        A message whose lifecycle a restart cuts short stays where it was, as a message whose
+        receipt never comes does at Twilio."""
+        path = self.config.state_file
+        if path is None or not self.changed:
+            return
+        self.changed = False
+        saved = []
+        for message in self.messages.values():
+            state = {f.name: getattr(message, f.name) for f in fields(message)}
+            del state["cancel_event"]
+            for name in _DATETIME_FIELDS:
+                if state[name] is not None:
+                    state[name] = state[name].isoformat()
+            saved.append(state)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(saved))
+        os.replace(temporary, path)
 
     async def drain(self) -> None:
         """Wait until every lifecycle and callback under way has finished.
@@ -381,6 +427,7 @@ class Simulator:
             sequence=next(self._sequence),
         )
         self.messages[message.sid] = message
+        self.changed = True
         _log.info("message created sid=%s to=%s status=%s", message.sid, _redact(to), status)
         self._spawn(self._run(message, self._plan(message)))
         return message, outcome
@@ -537,6 +584,7 @@ class Simulator:
         message.status = step.status
         message.date_updated = now
         message.history.append(step.status)
+        self.changed = True
         if step.status == "queued" and message.messaging_service_sid is not None:
             if message.from_ is None:
                 channel = _channel(message.to)
@@ -614,16 +662,19 @@ class Simulator:
         }
         attempts = 0
         outcome: Literal["delivered", "failed"] = "failed"
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(overrides.total):
-                while True:
-                    attempts += 1
-                    failure = await self._attempt(url, callback.params, headers, overrides)
-                    if failure is None:
-                        outcome = "delivered"
-                        break
-                    if attempts > overrides.retries or not overrides.retries_on(failure):
-                        break
+        # The total time (`tt`) is the receiver's: it starts once a sender is free. Counted from
+        # the wait for one, a burst used to fail callbacks the receiver never even saw.
+        async with self._posting:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(overrides.total):
+                    while True:
+                        attempts += 1
+                        failure = await self._attempt(url, callback.params, headers, overrides)
+                        if failure is None:
+                            outcome = "delivered"
+                            break
+                        if attempts > overrides.retries or not overrides.retries_on(failure):
+                            break
         record = CallbackRecord(
             callback.message_sid, callback.status, url, callback.token, attempts, outcome
         )
@@ -644,11 +695,9 @@ class Simulator:
             limits = httpx.Limits(max_connections=CALLBACK_CONCURRENCY)
             self._http = httpx.AsyncClient(transport=self._transport, limits=limits)
         try:
-            # Waiting here, not in httpx's pool: its queue costs CPU in the square of its length.
-            async with self._posting:
-                response = await self._http.post(
-                    url, data=params, headers=headers, timeout=overrides.timeout
-                )
+            response = await self._http.post(
+                url, data=params, headers=headers, timeout=overrides.timeout
+            )
         except (httpx.ConnectError, httpx.ConnectTimeout):
             return "ct"
         except httpx.TransportError:
@@ -696,10 +745,19 @@ def create_simulator_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async def keep() -> None:
+            # Every second at most, so that even a killed simulator forgets little.
+            while True:
+                await asyncio.sleep(1)
+                simulator.save()
+
+        keeping = asyncio.create_task(keep())
         try:
             yield
         finally:
+            keeping.cancel()
             await simulator.close()
+            simulator.save()
 
     async def messages(request: Request) -> Response:
         if (refusal := _refusal(request, simulator)) is not None:
@@ -739,6 +797,7 @@ def create_simulator_app(
             if form.get("Body") == [""]:  # Twilio's redaction
                 found.body = ""
                 found.date_updated = _now()
+                simulator.changed = True
             return JSONResponse(found.to_json())
         except TwilioError as error:
             return _error(error)

@@ -8,6 +8,7 @@ from status_tracker.deps import ConnectionDep, PoolDep, SettingsDep, TwilioDep, 
 from status_tracker.error_codes import describe
 from status_tracker.errors import (
     BadGateway,
+    BadRequest,
     Conflict,
     GatewayTimeout,
     NotFound,
@@ -85,6 +86,16 @@ async def send_message(
         ) from invalid
     except sending.IdempotencyConflict as conflict:
         raise Conflict(str(conflict)) from conflict
+    if isinstance(result.error, sending.OptedOut):
+        opted_out = BadRequest(
+            "Not sent: the recipient replied STOP to this service, so Twilio would refuse it "
+            "(code 21610). The attempt is stored as failed; a START from them lifts the opt-out.",
+            twilio_code=result.error.code,
+            error_description=describe(result.error.code),
+            message_id=str(result.message_id),
+        )
+        opted_out.title = "Recipient opted out"
+        raise opted_out
     if result.outcome == "refused":
         assert isinstance(result.error, TwilioRestException)
         raise twilio_refusal(result.error, message_id=str(result.message_id))

@@ -21,8 +21,8 @@ from status_tracker import privacy, repository
 from status_tracker.deps import ConnectionDep, ExportsDep, PoolDep, SettingsDep, require_api_key
 from status_tracker.error_codes import describe
 from status_tracker.errors import BadRequest, NotFound, ServiceUnavailable, Unprocessable
-from status_tracker.models import Event, MessagePage, summary_view, timeline
-from status_tracker.precedence import FINAL_STATUSES
+from status_tracker.models import Event, MessagePage, rfc3339, summary_view, timeline
+from status_tracker.precedence import FINAL_STATUSES, STATUS_ORDER
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["query"], dependencies=[Depends(require_api_key)])
@@ -71,11 +71,15 @@ def addresses(number: str | None) -> list[str | None]:
     return [number, *(prefix + number for prefix in CHANNEL_PREFIXES)]
 
 
+def with_time_zones(*moments: datetime | None) -> None:
+    if any(moment is not None and moment.tzinfo is None for moment in moments):
+        raise BadRequest("Give since and until with a time zone, e.g. 2026-11-24T00:00:00Z.")
+
+
 def window(since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
     """The time window asked for; by default the last 24 hours. Checked whole before anything
     is read or streamed, so that a bad one is a problem answer, never a cut-off download."""
-    if (since is not None and since.tzinfo is None) or (until is not None and until.tzinfo is None):
-        raise BadRequest("Give since and until with a time zone, e.g. 2026-11-24T00:00:00Z.")
+    with_time_zones(since, until)
     until = in_utc("until", until) or datetime.now(UTC)
     try:
         since = in_utc("since", since) or until - timedelta(days=1)
@@ -83,7 +87,16 @@ def window(since: datetime | None, until: datetime | None) -> tuple[datetime, da
         raise out_of_range("until") from error
     if since >= until:
         raise BadRequest("since must be before until.")
-    return since, until
+    return since.astimezone(UTC), until.astimezone(UTC)
+
+
+def known_statuses(statuses: list[str] | None) -> list[str]:
+    unknown = sorted(set(statuses or ()) - set(STATUS_ORDER))
+    if unknown:
+        named = ", ".join(map(repr, unknown))
+        message = f"Unknown status {named}; the known ones are {', '.join(STATUS_ORDER)}."
+        raise Unprocessable(message, errors=[{"field": "query.status", "message": message}])
+    return statuses or []
 
 
 @router.get(
@@ -95,20 +108,27 @@ def window(since: datetime | None, until: datetime | None) -> tuple[datetime, da
 async def list_messages(
     connection: ConnectionDep,
     settings: SettingsDep,
-    status: Annotated[list[str] | None, Query(description="Repeatable")] = None,
+    status: Annotated[
+        list[str] | None, Query(description=f"Repeatable; one of {', '.join(STATUS_ORDER)}")
+    ] = None,
     direction: Annotated[str | None, Query(examples=["outbound-api"])] = None,
     to: Annotated[str | None, Query(examples=["+14155550100"])] = None,
     from_: Annotated[str | None, Query(alias="from")] = None,
     error_code: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
-    since: Annotated[datetime | None, Query(description="Created at or after")] = None,
-    until: Annotated[datetime | None, Query(description="Created before")] = None,
+    since: Annotated[
+        datetime | None, Query(description="Created at or after; with a time zone (…Z)")
+    ] = None,
+    until: Annotated[
+        datetime | None, Query(description="Created before; with a time zone (…Z)")
+    ] = None,
     reference: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
 ) -> MessagePage:
     """Keyset pagination: pages neither skip nor repeat while new messages arrive."""
+    with_time_zones(since, until)
     filters = repository.MessageFilter(
-        statuses=status or (),
+        statuses=known_statuses(status),
         direction=direction,
         error_code=error_code,
         since=in_utc("since", since),
@@ -245,9 +265,13 @@ FORMULA_STARTS = frozenset("=+-@\t\r\uff1d\uff0b\uff0d\uff20")  # full-width = +
 
 
 def _cell(value: Any) -> str:
-    text = "" if value is None else value.isoformat() if isinstance(value, datetime) else str(value)
+    text = "" if value is None else rfc3339(value) if isinstance(value, datetime) else str(value)
     # A cell a spreadsheet would run as a formula is kept as text.
     return "'" + text if text[:1] in FORMULA_STARTS else text
+
+
+def _json_value(value: Any) -> Any:
+    return rfc3339(value) if isinstance(value, datetime) else str(value)
 
 
 @router.get(
@@ -294,7 +318,7 @@ async def export(
                     if format == "csv":
                         writer.writerow(_cell(row[name]) for name in columns)
                     else:
-                        buffer.write(json.dumps(row, default=str) + "\n")
+                        buffer.write(json.dumps(row, default=_json_value) + "\n")
                     if buffer.tell() > 64 * 1024:
                         yield buffer.getvalue().encode()
                         buffer.seek(0)
