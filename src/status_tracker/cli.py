@@ -418,7 +418,7 @@ def parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="take up the last pass where it stopped (Twilio down past the retry budget), "
-        "over its window",
+        "over its window (default: off, a new pass)",
     )
     reconcile_parser.set_defaults(handler=reconcile_command)
 
@@ -509,14 +509,26 @@ def parser() -> argparse.ArgumentParser:
         help="JSON file the messages are kept in across restarts (default: none, forgotten "
         "on exit; `serve` uses DATA_DIR/simulator.json)",
     )
-    simulator_parser.add_argument(
-        "--parent-pid", type=int, default=None, help="exit when this process is gone"
+    option(
+        "--parent-pid",
+        type=int,
+        default=None,
+        metavar="PID",
+        help="exit when this process is gone; `serve` passes its own (default: none)",
     )
-    simulator_parser.add_argument(
-        "--get-429", type=float, default=0.0, help="probability a fetch or list page gets 429"
+    option(
+        "--get-429",
+        type=float,
+        default=0.0,
+        metavar="PROBABILITY",
+        help="share of fetches and list pages answered 429, code 20429 (default: %(default)s)",
     )
-    simulator_parser.add_argument(
-        "--get-5xx", type=float, default=0.0, help="probability a fetch or list page gets 503"
+    option(
+        "--get-5xx",
+        type=float,
+        default=0.0,
+        metavar="PROBABILITY",
+        help="share of fetches and list pages answered 503, code 20503 (default: %(default)s)",
     )
     simulator_parser.set_defaults(handler=simulator_command)
     return main_parser
