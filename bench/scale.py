@@ -181,7 +181,9 @@ def _as_grown(definition: str, kind: str, random_columns: set[str]) -> str:
     the default fill, a random index would be denser than any real one, and each insert would
     split a page."""
     columns = re.search(r"\((\w+)", definition)
-    if columns is None or columns.group(1) not in random_columns:
+    if definition.startswith("FOREIGN KEY") or columns is None:
+        return definition
+    if columns.group(1) not in random_columns:
         return definition
     at = definition.index(")", columns.start()) + 1
     return f"{definition[:at]} WITH (fillfactor = 70){definition[at:]}"
