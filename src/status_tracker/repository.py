@@ -4,7 +4,7 @@ Functions take an asyncpg connection (or pool) and plain values, and return plai
 the web layer, the CLI, the reconciliation job and the benchmarks share them.
 """
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -136,27 +136,32 @@ def _record_reports_rounds(reports: Sequence[StatusReport]) -> list[str]:
 _SID_RACE_ATTEMPTS = 3
 
 
-def _lost_sid_race(error: asyncpg.UniqueViolationError) -> bool:
-    constraint: str | None = error.constraint_name
-    return constraint == "messages_sid_key"
+async def _run_again_if_a_sid_race_is_lost(store: Callable[[], Awaitable[None]]) -> None:
+    """Run `store` (one transaction) until it does not lose a race for a new SID's unique key."""
+    for attempt in range(_SID_RACE_ATTEMPTS):
+        try:
+            await store()
+            return
+        except asyncpg.UniqueViolationError as error:
+            constraint: str | None = error.constraint_name
+            if constraint != "messages_sid_key" or attempt == _SID_RACE_ATTEMPTS - 1:
+                raise
 
 
 async def record_reports(connection: asyncpg.Connection, reports: Sequence[StatusReport]) -> None:
     """Store reports in one transaction: each is appended to the event log and applied to its
     message's status by the precedence rule, whatever their order."""
     rounds = _record_reports_rounds(reports)
-    for attempt in range(_SID_RACE_ATTEMPTS):
-        try:
-            if len(rounds) == 1:
-                await connection.execute(RECORD_REPORTS, rounds[0])
-                return
-            async with connection.transaction():
-                for batch in rounds:
-                    await connection.execute(RECORD_REPORTS, batch)
+
+    async def store() -> None:
+        if len(rounds) == 1:
+            await connection.execute(RECORD_REPORTS, rounds[0])
             return
-        except asyncpg.UniqueViolationError as error:
-            if not _lost_sid_race(error) or attempt == _SID_RACE_ATTEMPTS - 1:
-                raise
+        async with connection.transaction():
+            for batch in rounds:
+                await connection.execute(RECORD_REPORTS, batch)
+
+    await _run_again_if_a_sid_race_is_lost(store)
 
 
 async def record_report(db: Executor, report: StatusReport) -> None:
@@ -260,27 +265,25 @@ async def record_send_result(
 ) -> None:
     """Apply what Twilio answered to a send (or that it did not), in one transaction. A callback
     that creates a record of the SID meanwhile makes it run again, to merge that record."""
-    for attempt in range(_SID_RACE_ATTEMPTS):
-        try:
-            async with connection.transaction():
-                if report.sid is not None:
-                    await _merge_early_record(connection, report.sid, report.message_id)
-                await record_report(connection, report)
-                # "unknown" never overrides what a callback already proved: that Twilio took it.
-                await connection.execute(
-                    """
-                    UPDATE messages
-                    SET send_outcome = CASE WHEN $2 = 'unknown' AND sid IS NOT NULL
-                                            THEN 'accepted' ELSE $2 END
-                    WHERE id = $1
-                    """,
-                    report.message_id,
-                    outcome,
-                )
-            return
-        except asyncpg.UniqueViolationError as error:
-            if not _lost_sid_race(error) or attempt == _SID_RACE_ATTEMPTS - 1:
-                raise
+
+    async def store() -> None:
+        async with connection.transaction():
+            if report.sid is not None:
+                await _merge_early_record(connection, report.sid, report.message_id)
+            await record_report(connection, report)
+            # "unknown" never overrides what a callback already proved: that Twilio took it.
+            await connection.execute(
+                """
+                UPDATE messages
+                SET send_outcome = CASE WHEN $2 = 'unknown' AND sid IS NOT NULL
+                                        THEN 'accepted' ELSE $2 END
+                WHERE id = $1
+                """,
+                report.message_id,
+                outcome,
+            )
+
+    await _run_again_if_a_sid_race_is_lost(store)
 
 
 async def _merge_early_record(
