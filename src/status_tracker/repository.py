@@ -625,32 +625,33 @@ async def is_opted_out(db: Executor, number_sha256: str, scope: str) -> bool:
 
 @dataclass(frozen=True)
 class MessageFilter:
+    """Which messages to list. `statuses`, `to` and `from_` match any of their values."""
+
     statuses: Sequence[str] = ()
     direction: str | None = None
-    to: str | None = None
-    from_: str | None = None
+    to: Sequence[str] = ()
+    from_: Sequence[str] = ()
     error_code: int | None = None
     since: datetime | None = None
     until: datetime | None = None
     reference: str | None = None
 
     def where(self, args: list[Any]) -> str:
-        """SQL conditions for these filters, appending their values to `args`."""
+        """SQL conditions for these filters, appending their values to `args`. One value at most
+        of `statuses`, `to` and `from_` (see list_messages)."""
+        if max(len(self.statuses), len(self.to), len(self.from_)) > 1:
+            raise ValueError("MessageFilter.where takes one status, to and from at most")
         conditions = ["TRUE"]
 
         def condition(sql: str, value: Any) -> None:
             args.append(value)
             conditions.append(sql.format(f"${len(args)}"))
 
-        # One status at a time (see list_messages): `status = ANY(...)` would not read the
-        # status index in its order.
-        if len(self.statuses) > 1:
-            raise ValueError("MessageFilter.where takes at most one status")
         for sql, value in (
             ("status = {}", self.statuses[0] if self.statuses else None),
             ("direction = {}", self.direction),
-            ("to_number = {}", self.to),
-            ("from_number = {}", self.from_),
+            ("to_number = {}", self.to[0] if self.to else None),
+            ("from_number = {}", self.from_[0] if self.from_ else None),
             ("error_code = {}", self.error_code),
             ("created_at >= {}", self.since),
             ("created_at < {}", self.until),
@@ -661,6 +662,11 @@ class MessageFilter:
         return " AND ".join(conditions)
 
 
+def _each(values: Sequence[str]) -> list[tuple[str, ...]]:
+    """Each distinct value alone, or no filter at all."""
+    return [(value,) for value in dict.fromkeys(values)] or [()]
+
+
 async def list_messages(
     db: Executor,
     filters: MessageFilter,
@@ -669,20 +675,23 @@ async def list_messages(
 ) -> list[asyncpg.Record]:
     """Newest first; `after` is the (created_at, id) of the last row of the previous page.
 
-    Each status asked for is read as its own range of the status index, newest first, and the
-    ranges are merged: one condition `status = ANY(...)` makes PostgreSQL (before 17) read every
-    match of the whole store and sort them, hundreds of milliseconds on a full store."""
+    Each status, recipient and sender asked for (and each combination of them) is read as its
+    own index range, newest first, and the ranges are merged in one statement: a condition
+    `status = ANY(...)` makes PostgreSQL (before 17) read every match of the whole store and sort
+    them, hundreds of milliseconds on a full store. The ranges are disjoint: no row is merged
+    twice."""
     args: list[Any] = [limit]
     keyset = ""
     if after is not None:
         args.extend(after)
         keyset = " AND (created_at, id) < ($2, $3)"
-    one_status_each: list[tuple[str, ...]] = [(s,) for s in dict.fromkeys(filters.statuses)]
     ranges = [
         f"SELECT {MESSAGE_COLUMNS} FROM messages "
-        f"WHERE {replace(filters, statuses=statuses).where(args)}{keyset} "
+        f"WHERE {replace(filters, statuses=status, to=to, from_=from_).where(args)}{keyset} "
         "ORDER BY created_at DESC, id DESC LIMIT $1"
-        for statuses in one_status_each or [()]
+        for status in _each(filters.statuses)
+        for to in _each(filters.to)
+        for from_ in _each(filters.from_)
     ]
     query = ranges[0] if len(ranges) == 1 else (
         " UNION ALL ".join(f"({part})" for part in ranges)

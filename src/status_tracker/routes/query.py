@@ -7,7 +7,6 @@ import io
 import json
 import logging
 from collections.abc import AsyncGenerator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -23,6 +22,7 @@ from status_tracker.error_codes import describe
 from status_tracker.errors import BadRequest, NotFound, ServiceUnavailable, Unprocessable
 from status_tracker.models import Event, MessagePage, rfc3339, summary_view, timeline
 from status_tracker.precedence import FINAL_STATUSES, STATUS_ORDER
+from status_tracker.settings import Settings
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["query"], dependencies=[Depends(require_api_key)])
@@ -63,12 +63,16 @@ def in_utc(name: str, value: datetime | None) -> datetime | None:
 CHANNEL_PREFIXES = ("whatsapp:", "rcs:", "messenger:")
 
 
-def addresses(number: str | None) -> list[str | None]:
-    """The addresses a number filter matches: a bare number on every channel, a prefixed one
-    only on its own."""
-    if number is None or number.startswith(CHANNEL_PREFIXES):
-        return [number]
-    return [number, *(prefix + number for prefix in CHANNEL_PREFIXES)]
+def stored_addresses(number: str | None, settings: Settings) -> list[str]:
+    """The stored addresses a number filter matches: a bare number on every channel, a prefixed
+    one only on its own."""
+    if number is None:
+        return []
+    wanted = [number]
+    if not number.startswith(CHANNEL_PREFIXES):
+        wanted += [prefix + number for prefix in CHANNEL_PREFIXES]
+    redacted = (privacy.redact_number(address, settings) for address in wanted)
+    return [address for address in redacted if address is not None]
 
 
 def with_time_zones(*moments: datetime | None) -> None:
@@ -130,30 +134,17 @@ async def list_messages(
     filters = repository.MessageFilter(
         statuses=known_statuses(status),
         direction=direction,
+        # A bare number finds the number on every channel (`+1…`, `whatsapp:+1…`, `rcs:+1…`).
+        # Numbers are stored as the redaction setting says: they are looked up the same way.
+        to=stored_addresses(to, settings),
+        from_=stored_addresses(from_, settings),
         error_code=error_code,
         since=in_utc("since", since),
         until=in_utc("until", until),
         reference=reference,
     )
     after = decode_cursor(cursor) if cursor else None
-    # A bare number finds the number on every channel (`+1…`, `whatsapp:+1…`, `rcs:+1…`): one
-    # indexed query per address, merged newest first. Numbers are stored as the redaction
-    # setting says: they are looked up the same way.
-    queries = [
-        replace(filters, to=privacy.redact_number(to_address, settings),
-                from_=privacy.redact_number(from_address, settings))
-        for to_address in addresses(to)
-        for from_address in addresses(from_)
-    ]  # fmt: skip
-    rows = sorted(
-        {
-            row["id"]: row
-            for query in queries
-            for row in await repository.list_messages(connection, query, limit + 1, after)
-        }.values(),
-        key=lambda row: (row["created_at"], row["id"]),
-        reverse=True,
-    )[: limit + 1]
+    rows = await repository.list_messages(connection, filters, limit + 1, after)
     page = rows[:limit]
     next_cursor = (
         encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
