@@ -1,6 +1,8 @@
 """Callback ingest speed: the service against a bare FastAPI app, same load, same machine.
 
     python bench/ingest.py [--duration 15] [--concurrency 64] [--rate 1000] [--workers 1,2]
+                           [--accounts 25000] [--metrics on|off|both]
+    python bench/ingest.py --event-streams [--duration 15] [--stream-concurrency 4]
 
 For each worker count it starts the baseline (bench/baseline_app.py: reads the form, answers 204,
 stores nothing) and the service (`status-tracker serve`, every callback signature-checked and
@@ -8,12 +10,23 @@ committed before its 204), and drives each with the same signed callbacks, shuff
 duplicated: a closed loop (wrk, fixed concurrency) for throughput and latency, then an open loop
 at a fixed rate (latency measured from each request's scheduled time). It prints callbacks/s,
 p50/p99, errors, peak RSS of the server processes, the service/baseline ratio, and checks that
-every acknowledged callback was stored. Needs `wrk` (Debian: apt-get install wrk). PostgreSQL:
+every acknowledged callback was stored. `--metrics both` runs the service a second time, right
+after the first, with STATUS_TRACKER_METRICS=false (`no-metrics`), and prints what metrics cost.
+Needs `wrk` (Debian: apt-get install wrk). PostgreSQL:
 DATABASE_URL, or a throwaway embedded cluster (fsync on unless --no-fsync).
+
+With --accounts N, N Twilio accounts are stored (tokens encrypted, as `POST /v1/accounts` does)
+and each message belongs to one of them, its callbacks signed with that account's own token: the
+signature is then checked with the tokens the callback's AccountSid picks among N.
+
+With --webhook-endpoint the service runs a second time with one webhook endpoint attached (a
+local receiver answering 200 to every delivery): the `webhooks` row's ratio is against the
+service's run without it.
 """
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -21,20 +34,26 @@ import re
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlencode
 
 import asyncpg
 import httpx
+from cryptography.fernet import Fernet
 from twilio.request_validator import RequestValidator
 
 from status_tracker.database import migrate
 from status_tracker.embedded_postgres import EmbeddedPostgres
+from status_tracker.encryption import SecretBox
 from status_tracker.ports import free_port
 
 TOKEN = "bench-auth-token"
@@ -50,23 +69,30 @@ LIFECYCLES = [
 
 
 def signed_requests(
-    public_url: str, messages: int, seed: int = 1, numbers: int = 1
+    public_url: str,
+    messages: int,
+    seed: int = 1,
+    numbers: int = 1,
+    accounts: list[tuple[str, str]] | None = None,
 ) -> list[tuple[str, str]]:
     """(body, signature) pairs: realistic lifecycles, shuffled, about 10 % sent twice; each
-    message to one of `numbers` recipients."""
+    message to one of `numbers` recipients, and of one of `accounts` (SID, token) if given."""
     rng = random.Random(seed)
-    validator = RequestValidator(TOKEN)
+    accounts = accounts or [("AC" + "0" * 32, TOKEN)]
+    validators: dict[str, RequestValidator] = {}
     requests = []
     for _ in range(messages):
         sid = "SM" + secrets.token_hex(16)
         to = f"+1415{rng.randrange(numbers) if numbers > 1 else 5550100:07d}"
+        account_sid, token = rng.choice(accounts)
+        validator = validators.setdefault(token, RequestValidator(token))
         for status, code in rng.choice(LIFECYCLES):
             params = {
                 "MessageSid": sid,
                 "SmsSid": sid,
                 "MessageStatus": status,
                 "SmsStatus": status,
-                "AccountSid": "AC" + "0" * 32,
+                "AccountSid": account_sid,
                 "From": "+15005550006",
                 "To": to,
                 "ApiVersion": "2010-04-01",
@@ -217,6 +243,41 @@ def closed_loop_with_memory(
     return {**result, "rss_quarter_mib": round(quarter[0], 1), "rss_end_mib": round(end, 1)}
 
 
+class _Accept(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as a real endpoint would
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def start_receiver() -> tuple[str, ThreadingHTTPServer]:
+    """A webhook endpoint that accepts every delivery, in a thread of this process."""
+    port = free_port()
+    receiver = ThreadingHTTPServer(("127.0.0.1", port), _Accept)
+    receiver.daemon_threads = True
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{port}/hooks", receiver
+
+
+async def webhook_counts(dsn: str) -> tuple[int, int]:
+    """(outbox events, deliveries delivered)."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        row = await connection.fetchrow(
+            "SELECT (SELECT count(*) FROM webhook_events) AS events, "
+            "(SELECT count(*) FROM webhook_deliveries WHERE state = 'delivered') AS delivered"
+        )
+        return row["events"], row["delivered"]
+    finally:
+        await connection.close()
+
+
 def start_server(
     command: list[str], env: dict[str, str], url: str, ready: str
 ) -> subprocess.Popen[bytes]:
@@ -256,13 +317,36 @@ async def stored_events(dsn: str) -> int:
         await connection.close()
 
 
+async def store_accounts(dsn: str, count: int, secret_key: str) -> list[tuple[str, str]]:
+    """`count` accounts with random tokens, stored encrypted; their (SID, token) pairs."""
+    box = SecretBox([secret_key])
+    accounts = [("AC" + secrets.token_hex(16), secrets.token_hex(16)) for _ in range(count)]
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute("DELETE FROM accounts")
+        await connection.copy_records_to_table(
+            "accounts",
+            records=[(sid, box.encrypt(token)) for sid, token in accounts],
+            columns=["sid", "auth_token"],
+        )
+    finally:
+        await connection.close()
+    return accounts
+
+
 def run(args: argparse.Namespace, dsn: str, directory: Path) -> list[dict[str, object]]:
     results: list[dict[str, object]] = []
+    secret_key = Fernet.generate_key().decode()
+    accounts = asyncio.run(store_accounts(dsn, args.accounts, secret_key)) or None
+    services = {"on": ["service"], "off": ["no-metrics"], "both": ["service", "no-metrics"]}
     for workers in args.workers:
-        for name in ("baseline", "service"):
+        names = ["baseline", *services[args.metrics]]
+        if args.webhook_endpoint:
+            names.append("webhooks")
+        for name in names:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
-            requests = signed_requests(url, args.messages)
+            requests = signed_requests(url, args.messages, accounts=accounts)
             script = wrk_script(requests, directory)
             # The service's settings come from here, but for the ingest knobs, to compare them.
             env = {
@@ -295,6 +379,9 @@ def run(args: argparse.Namespace, dsn: str, directory: Path) -> list[dict[str, o
                         "STATUS_TRACKER_DATA_DIR": str(directory / "data"),
                         "STATUS_TRACKER_LOG_LEVEL": "WARNING",
                         "STATUS_TRACKER_RECONCILE_INTERVAL": "0",
+                        "STATUS_TRACKER_SECRET_KEY": secret_key,
+                        "STATUS_TRACKER_WEBHOOKS_ALLOW_PRIVATE": "true",
+                        "STATUS_TRACKER_METRICS": str(name != "no-metrics").lower(),
                     }
                 )
                 command = [
@@ -308,6 +395,14 @@ def run(args: argparse.Namespace, dsn: str, directory: Path) -> list[dict[str, o
                 ready = "/readyz"
             before = asyncio.run(stored_events(dsn))
             server = start_server(command, env, url, ready)
+            receiver = endpoint = None
+            if name == "webhooks":
+                receiver_url, receiver = start_receiver()
+                endpoint = httpx.post(
+                    url + "/v1/webhook-endpoints",
+                    json={"url": receiver_url},
+                    headers={"Authorization": "Bearer bench"},
+                ).json()["id"]
             try:
                 closed = closed_loop_with_memory(
                     url, script, args.duration, args.concurrency, server.pid
@@ -315,7 +410,16 @@ def run(args: argparse.Namespace, dsn: str, directory: Path) -> list[dict[str, o
                 opened = asyncio.run(open_loop(url, requests, args.rate, args.duration))
                 rss = rss_mib(server.pid, "VmHWM")
             finally:
+                if endpoint is not None:
+                    # Paused, not deleted: its deliveries stay to be counted; the next run has none.
+                    httpx.patch(
+                        f"{url}/v1/webhook-endpoints/{endpoint}",
+                        json={"enabled": False},
+                        headers={"Authorization": "Bearer bench"},
+                    )
                 stop_server(server)
+                if receiver is not None:
+                    receiver.shutdown()
             result: dict[str, object] = {
                 "server": name,
                 "workers": workers,
@@ -323,7 +427,9 @@ def run(args: argparse.Namespace, dsn: str, directory: Path) -> list[dict[str, o
                 "open_loop": opened,
                 "peak_rss_mib": round(rss, 1),
             }
-            if name == "service":
+            if name == "webhooks":
+                result["outbox_events"], result["delivered"] = asyncio.run(webhook_counts(dsn))
+            if name != "baseline":
                 stored = asyncio.run(stored_events(dsn)) - before
                 acknowledged = closed["acknowledged"] + opened["acknowledged"]
                 # wrk does not count requests still in flight when it stops, which may be stored.
@@ -333,35 +439,187 @@ def run(args: argparse.Namespace, dsn: str, directory: Path) -> list[dict[str, o
     return results
 
 
+EVENTS_PATH = "/webhooks/twilio/events"
+EVENT_BATCH = 100
+
+
+def signed_event_batches(
+    public_url: str, messages: int, seed: int = 1
+) -> list[tuple[str, str, str]]:
+    """(path with bodySHA256, body, signature) of Event Streams batches of EVENT_BATCH
+    CloudEvents: the lifecycles of `messages` messages, shuffled across batches; about 10 % of
+    the batches are delivered twice (Event Streams' at-least-once redelivery)."""
+    rng = random.Random(seed)
+    validator = RequestValidator(TOKEN)
+    events = []
+    for _ in range(messages):
+        sid = "SM" + secrets.token_hex(16)
+        for status, code in rng.choice(LIFECYCLES):
+            kind = "com.twilio.messaging.message." + status
+            data: dict[str, object] = {
+                "messageSid": sid, "timestamp": "2026-11-24T11:30:00.812Z",
+                "accountSid": "AC" + "0" * 32, "eventName": kind, "apiVersion": "2010-04-01",
+                "from": "+15005550006", "to": "+14155550100", "messageStatus": status.upper(),
+                "numberOfSegments": 1, "mcc": "310", "mnc": "260", "tags": {},
+                "body": "Your order has shipped",
+                "statusCallBackUrl": public_url + PATH + "?tenant=bench",
+            }  # fmt: skip
+            if code:
+                data["errorCode"] = int(code)
+            if status in ("delivered", "undelivered"):
+                data["rawDlrDoneDate"] = "2611241130"
+            events.append({
+                "specversion": "1.0", "type": kind, "id": "EZ" + secrets.token_hex(16),
+                "source": f"/2010-04-01/Accounts/{'AC' + '0' * 32}/Messages/{sid}.json",
+                "dataschema": "https://events-schemas.twilio.com/Messaging.MessageStatus/8",
+                "datacontenttype": "application/json", "data": data,
+            })  # fmt: skip
+    rng.shuffle(events)
+    batches = []
+    for start in range(0, len(events), EVENT_BATCH):
+        body = json.dumps(events[start : start + EVENT_BATCH])
+        digest = hashlib.sha256(body.encode()).hexdigest()
+        target = f"{EVENTS_PATH}?bodySHA256={digest}"
+        batch = (target, body, validator.compute_signature(public_url + target, {}))
+        batches.extend([batch] * (2 if rng.random() < 0.1 else 1))
+    return batches
+
+
+async def post_event_batches(
+    url: str, batches: list[tuple[str, str, str]], duration: int, concurrency: int
+) -> dict[str, float]:
+    """A closed loop of `concurrency` posters, each sending the next batch once its last is
+    answered, for `duration` seconds (or until the batches run out)."""
+    latencies: list[float] = []
+    acknowledged: set[str] = set()
+    failures = 0
+    next_index = 0
+    deadline = time.perf_counter() + duration
+
+    async def poster(client: httpx.AsyncClient) -> None:
+        nonlocal next_index, failures
+        while next_index < len(batches) and time.perf_counter() < deadline:
+            target, body, signature = batches[next_index]
+            next_index += 1
+            headers = {"Content-Type": "application/json", "X-Twilio-Signature": signature}
+            started = time.perf_counter()
+            response = await client.post(target, content=body, headers=headers)
+            if response.status_code == 200:
+                latencies.append((time.perf_counter() - started) * 1000)
+                acknowledged.add(body)
+            else:
+                failures += 1
+
+    began = time.perf_counter()
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        await asyncio.gather(*(poster(client) for _ in range(concurrency)))
+    elapsed = time.perf_counter() - began
+    latencies.sort()
+
+    def pick(quantile: float) -> float:
+        return latencies[min(len(latencies) - 1, int(quantile * len(latencies)))]
+
+    return {
+        "batches": len(latencies) + failures,
+        "batches_per_second": len(latencies) / elapsed,
+        "events_per_second": len(latencies) * EVENT_BATCH / elapsed,
+        "p50_ms": pick(0.5),
+        "p99_ms": pick(0.99),
+        "max_ms": latencies[-1],
+        "errors": failures,
+        "acknowledged": len(latencies),
+        "acknowledged_events": sum(len(json.loads(body)) for body in acknowledged),
+    }
+
+
+def run_event_streams(args: argparse.Namespace, dsn: str, directory: Path) -> dict[str, object]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    batches = signed_event_batches(url, args.messages)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "STATUS_"))}
+    env.update({
+        "DATABASE_URL": dsn, "TWILIO_AUTH_TOKEN": TOKEN, "STATUS_TRACKER_PUBLIC_URL": url,
+        "STATUS_TRACKER_API_KEYS": "bench", "STATUS_TRACKER_DATA_DIR": str(directory / "data"),
+        "STATUS_TRACKER_LOG_LEVEL": "WARNING", "STATUS_TRACKER_RECONCILE_INTERVAL": "0",
+    })  # fmt: skip
+    command = ["status-tracker", "serve", "--port", str(port), "--workers", str(args.workers[0])]
+    before = asyncio.run(stored_events(dsn))
+    server = start_server(command, env, url, "/readyz")
+    try:
+        result = asyncio.run(
+            post_event_batches(url, batches, args.duration, args.stream_concurrency)
+        )
+    finally:
+        stop_server(server)
+    stored = asyncio.run(stored_events(dsn)) - before
+    # Every batch was answered before the server stopped: each event acknowledged is stored,
+    # once, however often its batch was delivered.
+    result["stored_events"] = stored
+    result["each_stored_once"] = stored == result["acknowledged_events"]
+    return {"server": "service", "workers": args.workers[0], **result}
+
+
+def report_event_streams(result: dict[str, object]) -> None:
+    print(
+        f"Event Streams, {result['workers']} worker(s), batches of {EVENT_BATCH}: "
+        f"{result['acknowledged']} batches acknowledged ({result['errors']} errors), "
+        f"{float(result['batches_per_second']):.1f} batches/s = "  # type: ignore[arg-type]
+        f"{float(result['events_per_second']):.0f} events/s; per batch p50 "  # type: ignore[arg-type]
+        f"{float(result['p50_ms']):.1f} ms, p99 {float(result['p99_ms']):.1f} ms, "  # type: ignore[arg-type]
+        f"max {float(result['max_ms']):.1f} ms; {result['acknowledged_events']} distinct events "  # type: ignore[arg-type]
+        f"acknowledged, {result['stored_events']} stored: "
+        f"{'each once' if result['each_stored_once'] else 'MISMATCH'}"
+    )
+
+
 def report(results: list[dict[str, object]]) -> None:
     print(
         f"{'server':9} {'workers':>7} {'cb/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
         f"{'rate':>5} {'p50 ms':>7} {'p99 ms':>7} {'RSS MiB':>8} {'ratio':>6}"
     )
-    baseline: dict[object, float] = {}
+    # The service against the baseline; the service with a webhook endpoint against the service.
+    against: dict[tuple[object, object], float] = {}
     for r in results:
         o = r["open_loop"]
         assert isinstance(o, dict)
         ratio = ""
-        if r["server"] == "baseline":
-            baseline[r["workers"]] = float(r["per_second"])  # type: ignore[arg-type]
-        else:
-            ratio = f"{float(r['per_second']) / baseline[r['workers']]:.2f}"  # type: ignore[arg-type]
+        reference = {"service": "baseline", "webhooks": "service"}.get(str(r["server"]))
+        if reference is not None:
+            ratio = f"{float(r['per_second']) / against[reference, r['workers']]:.2f}"  # type: ignore[arg-type]
+        against[r["server"], r["workers"]] = float(r["per_second"])  # type: ignore[arg-type]
         print(
             f"{r['server']:9} {r['workers']:>7} {r['per_second']:>9.0f} {r['p50_ms']:>7.1f} "
             f"{r['p99_ms']:>7.1f} {r['errors']:>6} {o['rate']:>5} {o['p50_ms']:>7.1f} "
             f"{o['p99_ms']:>7.1f} {r['peak_rss_mib']:>8} {ratio:>6}"
         )
     for r in results:
-        if r["server"] == "service":
+        if r["server"] == "webhooks":
             print(
-                f"service, {r['workers']} worker(s): {r['acknowledged_total']} callbacks "
+                f"webhooks, {r['workers']} worker(s): {r['outbox_events']} outbox events so far, "
+                f"{r['delivered']} delivered by the end of the run"
+            )
+        if r["server"] != "baseline":
+            print(
+                f"{r['server']}, {r['workers']} worker(s): {r['acknowledged_total']} callbacks "
                 f"acknowledged, {r['stored']} stored: "
                 f"{'nothing lost' if r['nothing_lost'] else 'LOST CALLBACKS'}; RSS "
                 f"{r['rss_quarter_mib']} MiB a quarter into the closed loop, {r['rss_end_mib']} "
                 "MiB at its end"
             )
     print("(columns 3-6: closed loop with wrk; 7-9: open loop at a fixed rate)")
+    for workers in sorted({r["workers"] for r in results}, key=str):
+        on, off = (
+            [float(r["per_second"]) for r in results  # type: ignore[arg-type]
+             if r["workers"] == workers and r["server"] == name]
+            for name in ("service", "no-metrics")
+        )  # fmt: skip
+        if on and off:
+            cost = 1 - statistics.median(on) / statistics.median(off)
+            print(
+                f"metrics cost, {workers} worker(s): {cost:+.1%} of closed-loop throughput "
+                f"(median of {len(on)} run(s): {statistics.median(on):.0f} cb/s with, "
+                f"{statistics.median(off):.0f} without)"
+            )
 
 
 def main() -> None:
@@ -374,10 +632,46 @@ def main() -> None:
     parser.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")], default=[1, 2])
     parser.add_argument("--messages", type=int, default=25_000, help="distinct message SIDs")
     parser.add_argument("--no-fsync", action="store_true")
+    parser.add_argument(
+        "--accounts", type=int, default=0, help="stored Twilio accounts the callbacks belong to"
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--event-streams",
+        action="store_true",
+        help="post signed Event Streams batches of 100 CloudEvents instead of callbacks",
+    )
+    parser.add_argument(
+        "--stream-concurrency", type=int, default=4, help="Event Streams batches in flight"
+    )
+    parser.add_argument(
+        "--webhook-endpoint",
+        action="store_true",
+        help="run the service again with one webhook endpoint attached and receiving",
+    )
+    parser.add_argument(
+        "--metrics",
+        choices=["on", "off", "both"],
+        default="on",
+        help="run the service with metrics (on), without (off), or each in turn (both)",
+    )
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
+    if not args.event_streams and shutil.which("wrk") is None:
         raise SystemExit("bench/ingest.py needs wrk: apt-get install wrk")
+    with bench_database(args) as (dsn, directory):
+        if args.event_streams:
+            result = run_event_streams(args, dsn, directory)
+            print(json.dumps(result, indent=2) if args.json else "", end="")
+            report_event_streams(result)
+        else:
+            results = run(args, dsn, directory)
+            print(json.dumps(results, indent=2) if args.json else "", end="")
+            report(results)
+
+
+@contextmanager
+def bench_database(args: argparse.Namespace) -> Iterator[tuple[str, Path]]:
+    """DATABASE_URL or a throwaway embedded cluster, migrated; and a scratch directory."""
     directory = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     directory.chmod(0o755)
     cluster = None
@@ -388,9 +682,7 @@ def main() -> None:
             cluster = EmbeddedPostgres(directory / "postgres", server_options=options)
             dsn = cluster.start()
         migrate(dsn)
-        results = run(args, dsn, directory)
-        print(json.dumps(results, indent=2) if args.json else "", end="")
-        report(results)
+        yield dsn, directory
     finally:
         if cluster is not None:
             cluster.stop()

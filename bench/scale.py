@@ -12,7 +12,9 @@ Then, for an empty database and for the loaded one, each under `status-tracker s
 worker, it measures ingest of fresh signed callbacks (closed loop with wrk, open loop at
 `--rate`), replays one more shuffled, duplicated set and checks every message ends with the
 status the precedence rule calls for, and times `GET /v1/messages/{sid}`, a first list page per
-filter, `/v1/stats` over 24 hours and 30 days, and a one-hour export. Needs `wrk`.
+filter, `/v1/stats` over 24 hours and 30 days (and broken down by country, sender and error
+code), a one-hour export, and each page of the console (`/console`); and runs the open loop
+again while retention drops a day partition of a million events. Needs `wrk`.
 """
 
 import argparse
@@ -46,6 +48,7 @@ from ingest import (
 )
 from ingest import TOKEN as AUTH_TOKEN
 
+from status_tracker import repository, retention
 from status_tracker.database import migrate
 from status_tracker.embedded_postgres import EmbeddedPostgres
 from status_tracker.ports import free_port
@@ -109,7 +112,7 @@ def load_sql(id_expression: str) -> str:
         INSERT INTO messages (
             id, sid, account_sid, direction, status, status_rank, error_code, to_number,
             from_number, channel, created_at, updated_at, sent_at, delivered_at, read_at,
-            final_at, body, send_outcome
+            final_at, body, send_outcome, event_count
         )
         SELECT {id_expression}, sid, 'AC' || repeat('0', 32),
                CASE WHEN status = 'received' THEN 'inbound' ELSE 'outbound-api' END,
@@ -123,7 +126,7 @@ def load_sql(id_expression: str) -> str:
                CASE WHEN status = 'read' THEN created_at + interval '9 seconds' END,
                CASE WHEN status IN ({final}) THEN created_at + interval '7 seconds' END,
                'Your code is ' || (roll * 7 + i % 1000),
-               CASE WHEN status = 'received' THEN NULL ELSE 'accepted' END
+               CASE WHEN status = 'received' THEN NULL ELSE 'accepted' END, 3
         FROM ranked
         RETURNING id, sid, status, status_rank, error_code, to_number, from_number, created_at,
                   direction
@@ -364,9 +367,12 @@ async def query_latencies(url: str, dsn: str) -> dict[str, tuple[float, float]]:
                 client, "/v1/messages", {**params, "limit": "50"}
             )
         results["stats, 24 h"] = await timed(client, "/v1/stats", {"since": day_ago}, repeat=5)
-        results["stats, 30 days"] = await timed(
-            client, "/v1/stats", {"since": (now - timedelta(days=DAYS)).isoformat()}, repeat=3
-        )
+        month_ago = (now - timedelta(days=DAYS)).isoformat()
+        results["stats, 30 days"] = await timed(client, "/v1/stats", {"since": month_ago}, repeat=5)
+        for group in ("country", "from", "error_code"):
+            results[f"stats, 30 days by {group}"] = await timed(
+                client, "/v1/stats", {"since": month_ago, "group_by": group}, repeat=5
+            )
         export_since = now - timedelta(days=2)
         results["export, 1 h (CSV)"] = await timed(
             client,
@@ -375,7 +381,30 @@ async def query_latencies(url: str, dsn: str) -> dict[str, tuple[float, float]]:
              "until": (export_since + timedelta(hours=1)).isoformat()},
             repeat=3,
         )  # fmt: skip
+    results.update(await console_latencies(url, sids, sample))
     return results
+
+
+async def console_latencies(
+    url: str, sids: list[str], sample: asyncpg.Record
+) -> dict[str, tuple[float, float]]:
+    """Each console page (issue 18: under 300 ms with 10 M messages), signed in as a browser."""
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        signed_in = await client.post("/console/sign-in", data={"key": API_KEY})
+        assert signed_in.status_code == 303, signed_in.status_code
+        pages = {
+            "overview, 24 h": ("/console", {"window": "24h"}, 5),
+            "overview, 30 days": ("/console", {"window": "30d"}, 3),
+            "messages, first page": ("/console/messages", {}, 20),
+            "messages, status=undelivered": ("/console/messages", {"status": "undelivered"}, 20),
+            "messages, to": ("/console/messages", {"to": sample["to_number"]}, 20),
+            "message timeline": (f"/console/messages/{sids[0]}", {}, 20),
+            "reconciliations": ("/console/reconciliations", {}, 20),
+        }
+        return {
+            f"console {name}": await timed(client, path, params, repeat=repeat)
+            for name, (path, params, repeat) in pages.items()
+        }
 
 
 async def wal_and_events(dsn: str) -> dict[str, int]:
@@ -464,12 +493,57 @@ def measure(args: argparse.Namespace, dsn_of: dict[str, str], directory: Path) -
                 "open": asyncio.run(open_loop(url, replay, args.rate, args.duration)),
                 "replay": asyncio.run(replay_and_check(url, dsn, replay)),
                 "queries": {} if args.ingest_only else asyncio.run(query_latencies(url, dsn)),
+                "while dropping": asyncio.run(
+                    open_loop_while_dropping(url, dsn, replay, args.rate, args.duration)
+                ),
                 "peak_rss_mib": round(rss_mib(servers[name].pid, "VmHWM"), 1),
             })  # fmt: skip
     finally:
         for server in servers.values():
             stop_server(server)
     return results
+
+
+# Events copied into a day partition ahead of the clock, which is then dropped mid-load.
+DROPPED_EVENTS = 1_000_000
+
+
+async def open_loop_while_dropping(
+    url: str, dsn: str, requests: list[tuple[str, str]], rate: int, duration: int
+) -> dict[str, float]:
+    """The open loop again, while retention drops a day partition of DROPPED_EVENTS events a
+    third of the way in: what ingest sees of a drop."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        await retention.ensure_partitions(connection, datetime.now(UTC))
+        day = (datetime.now(UTC) + timedelta(days=6)).replace(
+            hour=0, minute=0, second=0, microsecond=0
+        )
+        name = repository.partition_name(day)
+        await connection.execute(
+            f"""
+            INSERT INTO message_events (message_id, status, status_rank, error_code, source,
+                                        received_at, fields)
+            SELECT message_id, status, status_rank, error_code, source,
+                   $1::timestamptz + (id % 86400) * interval '1 second', fields
+            FROM message_events ORDER BY id DESC LIMIT {DROPPED_EVENTS}
+            """,
+            day,
+        )
+
+        async def drop() -> float:
+            await asyncio.sleep(duration / 3)
+            started = time.perf_counter()
+            await repository.drop_event_partition(connection, name)
+            return time.perf_counter() - started
+
+        dropping = asyncio.create_task(drop())
+        result = await open_loop(url, requests, rate, duration)
+        result["drop_seconds"] = await dropping
+        await retention.ensure_partitions(connection, datetime.now(UTC))  # made again
+    finally:
+        await connection.close()
+    return result
 
 
 def report(results: list[dict[str, object]]) -> None:
@@ -504,6 +578,11 @@ def report(results: list[dict[str, object]]) -> None:
         *(f"{c['rss_quarter_mib']:.0f} / {c['rss_end_mib']:.0f} / {r['peak_rss_mib']:.0f}"
           for c, r in ((ce, empty), (cl, loaded))),
     )  # fmt: skip
+    de, dl = empty["while dropping"], loaded["while dropping"]
+    assert isinstance(de, dict) and isinstance(dl, dict)
+    row(f"  while a day of {DROPPED_EVENTS:,} events drops", f"{de['p50_ms']:.1f} / "
+        f"{de['p99_ms']:.1f}", f"{dl['p50_ms']:.1f} / {dl['p99_ms']:.1f}")  # fmt: skip
+    row("  drop took (s)", f"{de['drop_seconds']:.2f}", f"{dl['drop_seconds']:.2f}")
     qe, ql = empty["queries"], loaded["queries"]
     assert isinstance(qe, dict) and isinstance(ql, dict)
     for label in qe:

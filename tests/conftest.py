@@ -107,6 +107,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         public_url=PUBLIC_URL,
         twilio_auth_token=SecretStr(AUTH_TOKEN),
         api_keys=[SecretStr(API_KEY)],
+        webhooks_allow_private=True,
     )
 
 

@@ -10,7 +10,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from status_tracker.precedence import normalise_status
+from status_tracker.countries import country_of
+from status_tracker.precedence import INBOUND_STATUSES, normalise_status
 
 MESSAGE_SID_PATTERN = r"^(SM|MM)[0-9a-f]{32}$"
 # Error codes are stored as PostgreSQL integers; Twilio's have five digits.
@@ -130,6 +131,16 @@ class StatusReport:
     query: dict[str, Any] = field(default_factory=dict)
     idempotency_token: str | None = None
     message_id: UUID | None = None
+    # When Twilio says it happened (Event Streams' `timestamp`); callbacks carry no event time.
+    occurred_at: datetime | None = None
+    # The customer's country: of `To` for what we send, of `From` for what we receive. Taken
+    # from the number as received: a report redacted later keeps it (dataclasses.replace).
+    country: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.country is None:
+            customer = self.from_ if self.status in INBOUND_STATUSES else self.to
+            object.__setattr__(self, "country", country_of(customer))
 
 
 def parse_error_code(raw: str | None) -> int | None:

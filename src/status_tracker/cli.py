@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -21,9 +22,19 @@ import asyncpg
 import uvicorn
 from pydantic import ValidationError
 
-from status_tracker import api_keys, logs, reconcile
+from status_tracker import (
+    account_commands,
+    accounts,
+    api_keys,
+    erasure,
+    logs,
+    reconcile,
+    repository,
+    retention,
+)
 from status_tracker.database import create_pool, migrate
 from status_tracker.embedded_postgres import EmbeddedPostgres, EmbeddedPostgresError
+from status_tracker.encryption import SecretBox
 from status_tracker.ports import free_port, wait_for_port
 from status_tracker.private_files import UnsafePath, ensure_dir
 from status_tracker.settings import Settings
@@ -183,7 +194,11 @@ def serve(args: argparse.Namespace) -> None:
         # Twilio (or the simulator) must call back the port this serves on.
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         os.environ["STATUS_TRACKER_PUBLIC_URL"] = f"http://{host}:{args.port}"
-    with database(settings) as (dsn, embedded), twilio_or_simulator(settings):
+    with (
+        database(settings) as (dsn, embedded),
+        twilio_or_simulator(settings),
+        metrics_directory(args.workers),
+    ):
         if embedded:
             run_migrations(dsn)
             # Workers read their settings from the environment: hand them the embedded URL.
@@ -219,15 +234,83 @@ def serve(args: argparse.Namespace) -> None:
         )
 
 
+@contextmanager
+def metrics_directory(workers: int) -> Iterator[None]:
+    """With several workers, a fresh directory where each writes its metrics and whence /metrics
+    sums them (prometheus_client's multiprocess mode), removed on exit. The workers are new
+    processes: they read PROMETHEUS_MULTIPROC_DIR when they import prometheus_client. One set by
+    the operator is used as it is (and is theirs to empty between runs)."""
+    if workers < 2 or "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="status-tracker-metrics-") as directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        try:
+            yield
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
 def migrate_command(args: argparse.Namespace) -> None:
     with database(load_settings()) as (dsn, _):
         run_migrations(dsn, args.revision)
     log.info("database migrated", extra={"revision": args.revision})
 
 
+def archive_command(args: argparse.Namespace) -> None:
+    settings = load_settings()
+    with database(settings) as (dsn, embedded):
+        if embedded:
+            run_migrations(dsn)
+        partitions = asyncio.run(_archive(settings, dsn, args.list))
+    print(f"{'partition':26} {'from':10} {'until':10} {'events':>10}  state")
+    for partition in partitions:
+        since = partition["since"].date().isoformat() if partition["since"] else "start"
+        state = f"dropped {partition['dropped_at']:%Y-%m-%d}" if partition["dropped_at"] else "kept"
+        if partition["archive"]:
+            state += f", archived to {partition['archive']} (sha256 {partition['archive_sha256']})"
+        events = "" if partition["events"] is None else f"{partition['events']:,}"
+        print(f"{partition['name']:26} {since:10} {partition['until'].date().isoformat():10} "
+              f"{events:>10}  {state}")  # fmt: skip
+
+
+async def _archive(settings: Settings, dsn: str, list_only: bool) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        if not list_only:
+            if settings.retention is None:
+                raise SystemExit(
+                    "status-tracker: set STATUS_TRACKER_RETENTION to archive and drop."
+                )
+            await retention.maintain(connection, settings)
+        return await repository.event_partitions(connection)
+    finally:
+        await connection.close()
+
+
+def restore_command(args: argparse.Namespace) -> None:
+    settings = load_settings()
+    with database(settings) as (dsn, embedded):
+        if embedded:
+            run_migrations(dsn)
+        added = asyncio.run(_restore(dsn, args.file))
+    for table, count in added.items():
+        print(f"restored {count:,} {table} rows from {args.file}")
+
+
+async def _restore(dsn: str, path: Path) -> dict[str, int]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        return await retention.restore(connection, path)
+    except retention.ArchiveMismatch as error:
+        raise SystemExit(f"status-tracker: {error}") from None
+    finally:
+        await connection.close()
+
+
 def reconcile_command(args: argparse.Namespace) -> None:
     settings = load_settings()
-    if not (settings.twilio_account_sid and settings.twilio_auth_token):
+    if args.account is None and not (settings.twilio_account_sid and settings.twilio_auth_token):
         raise SystemExit(
             "status-tracker: reconcile needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN "
             "(and TWILIO_API_BASE_URL to reconcile against a simulator)."
@@ -242,7 +325,9 @@ def reconcile_command(args: argparse.Namespace) -> None:
         if embedded:
             run_migrations(dsn)
         report = asyncio.run(
-            _reconcile(settings, dsn, since, until, args.dry_run, resume=args.resume)
+            _reconcile(
+                settings, dsn, since, until, args.dry_run, resume=args.resume, account=args.account
+            )
         )
         since, until = report.since, report.until
     print(f"reconciliation {report.reconciliation_id}: {report.state} in "
@@ -268,24 +353,56 @@ async def _reconcile(
     dry_run: bool,
     *,
     resume: bool = False,
+    account: str | None = None,
 ) -> reconcile.PassReport:
-    twilio = TwilioApi.from_settings(settings)
-    assert twilio is not None, "checked by the caller"
     pool = await create_pool(settings, dsn)
+    if account is None:
+        twilio = TwilioApi.from_settings(settings)
+        assert twilio is not None, "checked by the caller"
+    else:
+        stored = await accounts.load(pool, account, SecretBox.from_settings(settings))
+        if stored is None:
+            await pool.close()
+            raise SystemExit(f"status-tracker: no account {account}: add it first.")
+        twilio = accounts.twilio_api(stored, settings)
     try:
         if resume:
-            stopped = await reconcile.resumable_window(pool)
+            stopped = await reconcile.resumable_window(pool, account)
             if stopped is None:
                 raise SystemExit("status-tracker: the last pass did not stop mid-listing.")
             since, until = stopped
         return await reconcile.run_pass(
-            pool, twilio, settings, since=since, until=until, dry_run=dry_run,
+            pool, twilio, settings, since=since, until=until, dry_run=dry_run, account_sid=account,
             progress=lambda phase, count: print(f"  {phase}: {count}", file=sys.stderr),
         )  # fmt: skip
     except reconcile.PassRunning as running:
         raise SystemExit(f"status-tracker: {running}; try again later.") from running
     finally:
         await twilio.close()
+        await pool.close()
+
+
+def erase_number_command(args: argparse.Namespace) -> None:
+    settings = load_settings()
+    try:
+        erasure.parse(args.number)
+    except erasure.InvalidNumber as error:
+        raise Refused(str(error)) from error
+    with database(settings) as (dsn, embedded):
+        if embedded:
+            run_migrations(dsn)
+        record = asyncio.run(_erase_number(settings, dsn, args.number))
+    print(f"erasure {record['id']}: number sha256 {record['number_sha256']}")
+    for table, count in sorted(record["counts"].items()):
+        print(f"  {table:25} {count}")
+
+
+async def _erase_number(settings: Settings, dsn: str, number: str) -> asyncpg.Record:
+    pool = await create_pool(settings, dsn)
+    try:
+        async with pool.acquire() as connection:
+            return await erasure.erase(connection, number, erased_by=None)
+    finally:
         await pool.close()
 
 
@@ -315,6 +432,8 @@ def simulator_command(args: argparse.Namespace) -> None:
         get_429_probability=args.get_429,
         get_5xx_probability=args.get_5xx,
         state_file=args.state,
+        event_streams_url=args.event_streams,
+        status_callbacks=args.status_callbacks,
     )
     if token := os.environ.get("TWILIO_AUTH_TOKEN"):
         config.auth_token = token
@@ -420,7 +539,59 @@ def parser() -> argparse.ArgumentParser:
         help="take up the last pass where it stopped (Twilio down past the retry budget), "
         "over its window (default: off, a new pass)",
     )
+    reconcile_parser.add_argument(
+        "--account",
+        type=account_commands.account_sid,
+        default=None,
+        metavar="ACCOUNT_SID",
+        help="reconcile this stored account (status-tracker accounts add) with its own "
+        "credentials (default: the account of TWILIO_ACCOUNT_SID)",
+    )
     reconcile_parser.set_defaults(handler=reconcile_command)
+
+    archive_parser = commands.add_parser(
+        "archive",
+        help="archive and drop the days of events past STATUS_TRACKER_RETENTION, or list them",
+        description="What the service does every hour: days of the event log past "
+        "STATUS_TRACKER_RETENTION are written to STATUS_TRACKER_ARCHIVE_DIR (when set), "
+        "checked, and dropped with their messages.",
+    )
+    archive_parser.add_argument(
+        "--list",
+        action="store_true",
+        help="only list the event log's days: kept, archived (file, SHA-256) or dropped "
+        "(default: off, archive and drop what is due)",
+    )
+    archive_parser.set_defaults(handler=archive_command)
+
+    restore_parser = commands.add_parser(
+        "restore",
+        help="put an archived day of events and its messages back into the store",
+        description="Idempotent: rows already in the store are skipped. The file is checked "
+        "against the MANIFEST.json beside it first.",
+    )
+    restore_parser.add_argument(
+        "file",
+        type=Path,
+        metavar="FILE",
+        help="an archive, e.g. message_events_20261205.jsonl.gz (no default: required)",
+    )
+    restore_parser.set_defaults(handler=restore_command)
+
+    erase_parser = commands.add_parser(
+        "erase-number",
+        help="erase every stored trace of a phone number (a data subject's request)",
+        description="Blanks the number on every channel, as stored plain or redacted, and the "
+        "bodies and media of its messages; records the erasure with only a hash of the number. "
+        "Opt-outs are kept (hashed). See README, Erasure, for what it cannot reach.",
+    )
+    erase_parser.add_argument(
+        "number",
+        metavar="NUMBER",
+        help="the number, E.164 (+14155550100) or a channel address (whatsapp:+14155550100); "
+        "required, no default",
+    )
+    erase_parser.set_defaults(handler=erase_number_command)
 
     simulator_parser = commands.add_parser(
         "simulator",
@@ -530,7 +701,23 @@ def parser() -> argparse.ArgumentParser:
         metavar="PROBABILITY",
         help="share of fetches and list pages answered 503, code 20503 (default: %(default)s)",
     )
+    option(
+        "--event-streams",
+        default=None,
+        metavar="URL",
+        help="also post every message event to this Event Streams webhook sink, in signed "
+        "CloudEvents batches (--duplicates and --reorder apply to them too), e.g. "
+        "http://127.0.0.1:8000/webhooks/twilio/events (default: none)",
+    )
+    option(
+        "--no-status-callbacks",
+        dest="status_callbacks",
+        action="store_false",
+        help="post no status callbacks: with --event-streams, Event Streams instead of "
+        "callbacks (default: callbacks are posted)",
+    )
     simulator_parser.set_defaults(handler=simulator_command)
+    account_commands.add_commands(commands)
     return main_parser
 
 

@@ -9,10 +9,12 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from status_tracker import api_keys
-from status_tracker.errors import ServiceUnavailable, Unauthorized
+from status_tracker.accounts import AccountDirectory
+from status_tracker.api_keys import Principal
+from status_tracker.encryption import SecretBox
+from status_tracker.errors import Forbidden, ServiceUnavailable, Unauthorized
 from status_tracker.ingest import ReportWriter
 from status_tracker.settings import Settings
-from status_tracker.signatures import SignatureVerifier
 from status_tracker.twilio_api import TwilioApi
 
 
@@ -26,9 +28,14 @@ async def _pool(request: Request) -> asyncpg.Pool:
     return pool
 
 
-async def _verifier(request: Request) -> SignatureVerifier:
-    verifier: SignatureVerifier = request.state.verifier
+async def _verifier(request: Request) -> AccountDirectory:
+    verifier: AccountDirectory = request.state.verifier
     return verifier
+
+
+async def _secret_box(request: Request) -> SecretBox:
+    box: SecretBox = request.state.secret_box
+    return box
 
 
 async def _writer(request: Request) -> ReportWriter:
@@ -41,7 +48,8 @@ async def _exports(request: Request) -> asyncio.Semaphore:
     return exports
 
 
-async def _twilio(request: Request) -> TwilioApi:
+async def default_twilio(request: Request) -> TwilioApi:
+    """The client of the default account, the one of the environment's settings."""
     twilio: TwilioApi | None = request.state.twilio
     if twilio is None:
         raise ServiceUnavailable(
@@ -53,9 +61,11 @@ async def _twilio(request: Request) -> TwilioApi:
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
-VerifierDep = Annotated[SignatureVerifier, Depends(_verifier)]
+VerifierDep = Annotated[AccountDirectory, Depends(_verifier)]
+AccountsDep = Annotated[AccountDirectory, Depends(_verifier)]
+SecretBoxDep = Annotated[SecretBox, Depends(_secret_box)]
 WriterDep = Annotated[ReportWriter, Depends(_writer)]
-TwilioDep = Annotated[TwilioApi, Depends(_twilio)]
+TwilioDep = Annotated[TwilioApi, Depends(default_twilio)]
 ExportsDep = Annotated[asyncio.Semaphore, Depends(_exports)]
 
 
@@ -69,17 +79,56 @@ ConnectionDep = Annotated[asyncpg.Connection, Depends(_connection, scope="functi
 
 _bearer = HTTPBearer(
     auto_error=False,
-    description="An API key from STATUS_TRACKER_API_KEYS (or the one the service made on "
-    "first start, in its data directory).",
+    description="An API key: from STATUS_TRACKER_API_KEYS (admin; or the one the service made "
+    "on first start, in its data directory), from STATUS_TRACKER_READ_KEYS (read), or made by "
+    "`status-tracker keys create` / POST /v1/keys (its scopes and accounts).",
 )
 
 
-async def require_api_key(
+async def resolve_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
+) -> Principal:
+    """Who the caller of the API is, from its `Authorization: Bearer` key."""
     if credentials is None:
         raise Unauthorized("Send an API key as 'Authorization: Bearer <key>'.")
-    keys: list[str] = request.state.api_keys
-    if not api_keys.matches(credentials.credentials, keys):
+    principal = await principal_for_key(request, credentials.credentials)
+    if principal is None:
         raise Unauthorized("The API key is not valid.")
+    return principal
+
+
+async def principal_for_key(request: Request, key: str) -> Principal | None:
+    """The one place a key becomes a principal (scopes and accounts), for the API and for any
+    other sign-in that takes a key: a key of STATUS_TRACKER_API_KEYS (admin), of
+    STATUS_TRACKER_READ_KEYS (read), or a stored key that is not revoked; None for any other."""
+    principal = api_keys.configured_principal(key, request.state.api_keys, request.state.read_keys)
+    if principal is None:
+        settings: Settings = request.state.settings
+        async with request.state.pool.acquire(timeout=settings.db_timeout_seconds) as connection:
+            principal = await api_keys.stored_principal(connection, key)
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(resolve_principal)]
+
+
+def required_scope(method: str, path: str) -> str:
+    """Reading needs `read`; sending or canceling a message `send`; any other change `admin`."""
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return "read"
+    if path.startswith("/v1/messages"):
+        return "send"
+    return "admin"
+
+
+async def require_api_key(request: Request, principal: PrincipalDep) -> None:
+    scope = required_scope(request.method, request.url.path)
+    if not principal.allows(scope):
+        raise Forbidden(f"This API key may not do this: it needs the {scope!r} scope.")
+
+
+async def require_admin(principal: PrincipalDep) -> None:
+    # A key bound to accounts could otherwise make itself an unbound one.
+    if not principal.allows("admin") or principal.account_sids is not None:
+        raise Forbidden("This needs an admin API key bound to no account.")

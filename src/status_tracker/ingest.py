@@ -9,22 +9,29 @@ caller answers 503 instead of letting memory and latency grow without bound.
 
 import asyncio
 import logging
+import time
 from collections import deque
 
 import asyncpg
 
-from status_tracker import repository
+from status_tracker import metrics, repository
 from status_tracker.callbacks import StatusReport
 from status_tracker.database import is_unavailable
 
 log = logging.getLogger(__name__)
 
 
+# Reports stored together past which the writer counts as busy (under light load each report
+# is stored alone).
+BUSY_BATCH = 8
+BUSY_SECONDS = 0.5
+
+
 class Overloaded(Exception):
     """More reports are waiting than the writer accepts; retry later."""
 
 
-_Pending = tuple[StatusReport, "asyncio.Future[None]"]
+_Pending = tuple[StatusReport, "asyncio.Future[bool]"]
 
 
 class ReportWriter:
@@ -45,15 +52,23 @@ class ReportWriter:
         self._wakeup = asyncio.Event()
         self._flushers = [asyncio.create_task(self._flush_forever()) for _ in range(flushers)]
         self._in_flight = 0
+        # Until when the writer counts as busy (monotonic time): for a while after a big batch.
+        self._busy_until = 0.0
 
-    async def write(self, report: StatusReport) -> None:
-        """Return once `report` is committed; raise if it could not be."""
+    async def write(self, report: StatusReport) -> bool:
+        """Return once `report` is committed, with whether it changed its message; raise if it
+        could not be stored."""
         if len(self._pending) >= self._max_pending:
             raise Overloaded(f"{len(self._pending)} reports are waiting to be stored")
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((report, done))
         self._wakeup.set()
-        await done
+        return await done
+
+    def busy(self) -> bool:
+        """Whether reports queue for the database: they arrive faster than one commit each.
+        Work off the callbacks' path (webhook deliveries) gives way meanwhile."""
+        return len(self._pending) >= BUSY_BATCH or time.monotonic() < self._busy_until
 
     async def close(self) -> None:
         """Store what is pending, then stop the flushers."""
@@ -75,6 +90,8 @@ class ReportWriter:
                     continue
                 size = min(self._max_batch, len(self._pending))
                 batch = [self._pending.popleft() for _ in range(size)]
+                if size >= BUSY_BATCH:
+                    self._busy_until = time.monotonic() + BUSY_SECONDS
                 if not self._pending:
                     self._wakeup.clear()
                 self._in_flight += 1
@@ -98,8 +115,9 @@ class ReportWriter:
 
     async def _store(self, connection: asyncpg.Connection, batch: list[_Pending]) -> None:
         """Store the batch and settle each report's future; raise if none could be stored."""
+        started = time.perf_counter()
         try:
-            await repository.record_reports(connection, [report for report, _ in batch])
+            changed = await repository.record_reports(connection, [report for report, _ in batch])
         except Exception as error:
             if len(batch) == 1 or is_unavailable(error):
                 raise
@@ -113,9 +131,10 @@ class ReportWriter:
                     log.error("report refused by the database", exc_info=single_error)
                     _fail([pending], single_error)
             return
-        for _, done in batch:
+        metrics.ingest_batch(len(batch), time.perf_counter() - started, len(self._pending))
+        for (_, done), changed_message in zip(batch, changed, strict=True):
             if not done.done():
-                done.set_result(None)
+                done.set_result(changed_message)
 
 
 def _fail(batch: list[_Pending], error: Exception) -> None:

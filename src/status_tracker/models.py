@@ -24,8 +24,13 @@ class Event(BaseModel):
     status: str
     error_code: int | None
     error_description: str | None
-    source: str = Field(description="callback, send, poll, reconcile or inbound")
+    source: str = Field(description="callback, event_stream, send, poll, reconcile or inbound")
     received_at: datetime
+    occurred_at: datetime | None = Field(
+        default=None,
+        description="When Twilio says it happened (Event Streams' `timestamp`); callbacks "
+        "carry no event time",
+    )
     carrier_done_at: datetime | None = Field(
         description="RawDlrDoneDate: when the carrier says it finished (its own clock)"
     )
@@ -75,6 +80,12 @@ class SendMessage(BaseModel):
     validity_period: int | None = Field(default=None, ge=1, le=36000, description="Seconds")
     reference: str | None = Field(default=None, max_length=200, description="Your own id")
     metadata: dict[str, Any] | None = Field(default=None, description="Kept and returned as is")
+    account_sid: str | None = Field(
+        default=None,
+        pattern=r"^AC[0-9a-f]{32}$",
+        description="Send through this stored Twilio account (POST /v1/accounts); default: "
+        "TWILIO_ACCOUNT_SID's, or the one account the API key is bound to",
+    )
     use_service_callback: bool = Field(
         default=False,
         description="Leave the Messaging Service's own status callback URL in charge "
@@ -158,6 +169,7 @@ def timeline(events: list[Mapping[str, Any]]) -> list[Event]:
                 source=event["source"],
                 received_at=event["received_at"],
                 carrier_done_at=event["carrier_done_at"],
+                occurred_at=event.get("occurred_at"),
                 changed_status=changed,
                 known_status=is_known(event["status"]),
                 fields=event["fields"],
@@ -235,6 +247,9 @@ class Discrepancy(BaseModel):
 
 class Reconciliation(BaseModel):
     id: int
+    account_sid: str | None = Field(
+        default=None, description="The stored account reconciled; null: the default account"
+    )
     started_at: datetime
     finished_at: datetime | None
     since: datetime

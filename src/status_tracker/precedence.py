@@ -40,6 +40,9 @@ FINAL_STATUSES = frozenset(
     {"canceled", "failed", "undelivered", "partially_delivered", "delivered", "read", "received"}
 )
 
+# The statuses of a message someone sent to us.
+INBOUND_STATUSES = frozenset({"receiving", "received"})
+
 # Missing error codes sort below every real one.
 NO_ERROR_CODE = -1
 

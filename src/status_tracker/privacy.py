@@ -29,6 +29,8 @@ LOCATION_FIELDS = frozenset({"Latitude", "Longitude", "Address", "Label"})
 JSON_FIELDS = frozenset({"ChannelMetadata"})
 BODY_FIELDS = frozenset({"Body", "body"})
 REDACTED = "<redacted>"
+# The channels whose addresses are a number behind a prefix (`whatsapp:+1…`).
+CHANNEL_PREFIXES = ("whatsapp:", "rcs:", "messenger:")
 _LAST_FOUR_DIGITS = re.compile(r"\d(?=(?:\D*\d){0,3}\D*$)")
 _ADDRESS_WITH_PLUS = re.compile(r"(?:[a-z]+:)?\+[0-9]{7,15}")
 

@@ -11,6 +11,10 @@ an interrupted pass can simply be run again. A final status of Twilio's that ran
 stored one is a conflict: logged once (not applied) and reported. The window listing is applied
 page by page and its place saved, so that a pass Twilio's outage stopped is resumed there. One
 pass runs at a time across all workers and replicas (a PostgreSQL advisory lock).
+
+Each stored account (accounts.py) is reconciled by passes of its own, with its own credentials,
+concurrency, 429 retry budget (its own HTTP client), lock and record; the default account's
+passes cover the messages of no stored account.
 """
 
 import asyncio
@@ -28,7 +32,8 @@ import asyncpg
 import httpx
 from twilio.base.exceptions import TwilioRestException
 
-from status_tracker import privacy, repository
+from status_tracker import metrics, privacy, repository
+from status_tracker.accounts import Account, AccountDirectory, twilio_api
 from status_tracker.callbacks import StatusReport, channel_of
 from status_tracker.precedence import Report, conflicts
 from status_tracker.settings import Settings
@@ -48,6 +53,8 @@ STALE_GIVEN_UP_AFTER = timedelta(days=7)
 WRITE_BATCH = 500
 # Errors kept in a pass's record; the rest are only counted (`fetch_errors`).
 MAX_ERRORS = 100
+# Accounts the schedule reconciles at once: each pass holds a connection of the pool.
+ACCOUNTS_AT_ONCE = 2
 
 Progress = Callable[[str, int], None]
 
@@ -92,28 +99,32 @@ async def run_pass(
     dry_run: bool = False,
     progress: Progress | None = None,
     unless_finished_after: datetime | None = None,
+    account_sid: str | None = None,
 ) -> PassReport:
     """Run one pass over the window; raise PassRunning if another one holds the lock.
 
     With `unless_finished_after`, raise PassNotDue instead of running if a pass (not a dry run)
-    finished after that time: each worker's schedule asks, and only one of them runs."""
+    finished after that time: each worker's schedule asks, and only one of them runs.
+    `account_sid` names the stored account `twilio` is a client of (None: the default one)."""
     started = time.monotonic()
     async with pool.acquire() as lock:
-        if not await repository.try_reconcile_lock(lock):
+        if not await repository.try_reconcile_lock(lock, account_sid):
             raise PassRunning("another reconciliation pass is running")
         try:
             if unless_finished_after is not None:
-                last = await repository.last_pass_finished_at(lock)
+                last = await repository.last_pass_finished_at(lock, account_sid)
                 if last is not None and last > unless_finished_after:
                     raise PassNotDue(f"a pass finished at {last.isoformat()}")
             resume = None
             if not dry_run:
-                stopped = await repository.last_resumable_pass(lock)
+                stopped = await repository.last_resumable_pass(lock, account_sid)
                 if stopped is not None and (stopped["since"], stopped["until"]) == (since, until):
                     resume = stopped["resume"]
-            reconciliation_id = await repository.start_reconciliation(lock, since, until, dry_run)
+            reconciliation_id = await repository.start_reconciliation(
+                lock, since, until, dry_run, account_sid
+            )
             report = PassReport(reconciliation_id, since, until, dry_run)
-            work = _Pass(pool, twilio, settings, report, progress, resume)
+            work = _Pass(pool, twilio, settings, report, progress, resume, account_sid)
             try:
                 # Each phase's changes are written before the next starts: an interrupted pass
                 # keeps what it settled, and the comparison reads what the polls applied.
@@ -139,18 +150,28 @@ async def run_pass(
                 ],
             )
         finally:
-            await repository.release_reconcile_lock(lock)
+            await repository.release_reconcile_lock(lock, account_sid)
+    if not dry_run:
+        metrics.reconciliation_pass(report.state, dict(report.counts), work.stale)
     log.info("reconciliation pass", extra={"id": reconciliation_id, "state": report.state,
+                                           "account": account_sid,
                                            "counts": dict(report.counts)})  # fmt: skip
     return report
 
 
-async def run_periodically(pool: asyncpg.Pool, twilio: TwilioApi, settings: Settings) -> None:
-    """The server's schedule: a pass over the last day every interval. Never raises.
+async def run_periodically(
+    pool: asyncpg.Pool,
+    twilio: TwilioApi | None,
+    settings: Settings,
+    directory: AccountDirectory | None = None,
+) -> None:
+    """The server's schedule: a pass over the last day every interval, for the default account
+    (`twilio`, if configured) and each stored account of `directory`. Never raises.
 
-    Every worker of every replica runs this loop; the lock lets one pass run at a time, and a
-    worker whose turn comes less than half an interval after another's pass skips it. The
-    first pass comes soon after start (at most five minutes), to catch up after an outage."""
+    Every worker of every replica runs this loop; the lock lets one pass of an account run at a
+    time, and a worker whose turn comes less than half an interval after another's pass skips
+    it. The first passes come soon after start (at most five minutes), to catch up after an
+    outage. ACCOUNTS_AT_ONCE accounts are reconciled at a time: each pass holds a connection."""
     interval = settings.reconcile_interval_seconds
     # Jittered so that workers started together spread out: the first pass only downwards, so
     # that it does come within five minutes; the next ones by 10 % either way.
@@ -158,29 +179,72 @@ async def run_periodically(pool: asyncpg.Pool, twilio: TwilioApi, settings: Sett
     while True:
         await asyncio.sleep(delay)
         delay = interval * random.uniform(0.9, 1.1)
-        until = datetime.now(UTC)
-        since = until - timedelta(days=1)
-        try:
-            # A pass that stopped mid-listing (Twilio down past the retry budget) is taken up
-            # where it stopped, over its own window, before the schedule moves on.
-            stopped = await resumable_window(pool)
-            if stopped is not None:
-                since, until = stopped
-            await run_pass(
-                pool, twilio, settings, since=since, until=until,
-                unless_finished_after=None if stopped else until - timedelta(seconds=interval / 2),
-            )  # fmt: skip
-        except PassRunning:
-            log.info("reconciliation skipped: another pass is running")
-        except PassNotDue:
-            log.info("reconciliation skipped: another worker ran one recently")
-        except Exception:
-            log.exception("reconciliation pass could not run")
+        await _reconcile_every_account(pool, twilio, settings, directory, interval)
 
 
-async def resumable_window(pool: asyncpg.Pool) -> tuple[datetime, datetime] | None:
-    """The window of the latest pass if it stopped mid-listing: running it again resumes it."""
-    stopped = await repository.last_resumable_pass(pool)
+async def _reconcile_every_account(
+    pool: asyncpg.Pool,
+    twilio: TwilioApi | None,
+    settings: Settings,
+    directory: AccountDirectory | None,
+    interval: float,
+) -> None:
+    gate = asyncio.Semaphore(ACCOUNTS_AT_ONCE)
+
+    async def reconcile_default(client: TwilioApi) -> None:
+        async with gate:
+            await _scheduled_pass(pool, client, settings, interval, None)
+
+    async def reconcile_account(account: Account) -> None:
+        async with gate:
+            # A client for the pass alone: one kept for each of thousands of accounts would
+            # hold as many connection pools.
+            client = twilio_api(account, settings)
+            try:
+                await _scheduled_pass(pool, client, settings, interval, account.sid)
+            finally:
+                await client.close()
+
+    stored = [directory.account(sid) for sid in directory.sids()] if directory else []
+    await asyncio.gather(
+        *([reconcile_default(twilio)] if twilio else []),
+        *(reconcile_account(account) for account in stored if account is not None),
+    )
+
+
+async def _scheduled_pass(
+    pool: asyncpg.Pool,
+    twilio: TwilioApi,
+    settings: Settings,
+    interval: float,
+    account_sid: str | None,
+) -> None:
+    until = datetime.now(UTC)
+    since = until - timedelta(days=1)
+    try:
+        # A pass that stopped mid-listing (Twilio down past the retry budget) is taken up
+        # where it stopped, over its own window, before the schedule moves on.
+        stopped = await resumable_window(pool, account_sid)
+        if stopped is not None:
+            since, until = stopped
+        await run_pass(
+            pool, twilio, settings, since=since, until=until, account_sid=account_sid,
+            unless_finished_after=None if stopped else until - timedelta(seconds=interval / 2),
+        )  # fmt: skip
+    except PassRunning:
+        log.info("reconciliation skipped: another pass is running")
+    except PassNotDue:
+        log.info("reconciliation skipped: another worker ran one recently")
+    except Exception:
+        log.exception("reconciliation pass could not run", extra={"account": account_sid})
+
+
+async def resumable_window(
+    pool: asyncpg.Pool, account_sid: str | None = None
+) -> tuple[datetime, datetime] | None:
+    """The window of the account's latest pass if it stopped mid-listing: running it again
+    resumes it."""
+    stopped = await repository.last_resumable_pass(pool, account_sid)
     return None if stopped is None else (stopped["since"], stopped["until"])
 
 
@@ -193,8 +257,11 @@ class _Pass:
         report: PassReport,
         progress: Progress | None,
         resume: dict[str, Any] | None = None,
+        account_sid: str | None = None,
     ) -> None:
         self.pool = pool
+        # The messages this pass reconciles: the account's (see repository.pass_scope).
+        self.scope = (account_sid, settings.twilio_account_sid)
         self.resume = resume
         self.twilio = twilio
         self.settings = settings
@@ -208,17 +275,26 @@ class _Pass:
         # SIDs whose state at Twilio this pass already has: each is fetched and applied once.
         self.checked: set[str] = set()
         self.seen = 0
+        # Messages not final past STATUS_TRACKER_STALE_AFTER, as found by poll_stale.
+        self.stale: int | None = None
 
     async def poll_stale(self) -> None:
         cutoff = datetime.now(UTC) - self.settings.stale_after
-        stale = await repository.stale_messages(self.pool, cutoff - STALE_GIVEN_UP_AFTER, cutoff)
+        stale = await repository.stale_messages(
+            self.pool, cutoff - STALE_GIVEN_UP_AFTER, cutoff, *self.scope
+        )
+        self.stale = len(stale)
         self.checked.update(row["sid"] for row in stale)
         await asyncio.gather(*(self._check_with_twilio(row, "poll") for row in stale))
 
     async def compare_window(self) -> None:
         since, until = self.report.since, self.report.until
         attempts = await repository.unsettled_attempts(
-            self.pool, since - MATCH_AFTER, until, datetime.now(UTC) - PENDING_GIVEN_UP_AFTER
+            self.pool,
+            since - MATCH_AFTER,
+            until,
+            datetime.now(UTC) - PENDING_GIVEN_UP_AFTER,
+            *self.scope,
         )
         by_to: dict[str, list[asyncpg.Record]] = defaultdict(list)
         for attempt in attempts:
@@ -278,7 +354,7 @@ class _Pass:
                 self._add_missing(message)
         self.checked.update(at_twilio)
         # Local messages Twilio did not list: ask for each; it may not know them at all.
-        local = await repository.sent_messages_between(self.pool, since, until)
+        local = await repository.sent_messages_between(self.pool, since, until, *self.scope)
         absent = [row for row in local if row["sid"] not in self.checked]
         self.checked.update(row["sid"] for row in absent)
         await asyncio.gather(*(self._check_with_twilio(row, "reconcile") for row in absent))

@@ -18,8 +18,10 @@ import asyncpg
 import httpx
 from twilio.base.exceptions import TwilioRestException
 
-from status_tracker import opt_outs, privacy, repository
+from status_tracker import metrics, opt_outs, privacy, repository
+from status_tracker.accounts import Account
 from status_tracker.callbacks import StatusReport, channel_of
+from status_tracker.countries import country_of
 from status_tracker.ids import uuid7
 from status_tracker.models import SendMessage, rfc3339
 from status_tracker.settings import Settings
@@ -69,13 +71,19 @@ def request_hash(request: SendMessage) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def twilio_params(request: SendMessage, settings: Settings, message_id: UUID) -> dict[str, Any]:
-    """The arguments of `messages.create_async` for this request, defaults applied."""
+def twilio_params(
+    request: SendMessage, settings: Settings, message_id: UUID, account: Account | None = None
+) -> dict[str, Any]:
+    """The arguments of `messages.create_async` for this request, defaults applied (those of
+    the stored `account`, else of the settings)."""
     service = request.messaging_service_sid
     sender = request.from_
     if service is None and sender is None:
-        service = settings.twilio_messaging_service_sid
-        sender = None if service else settings.twilio_from
+        if account is not None:
+            service, default_from = account.messaging_service_sid, account.default_from
+        else:
+            service, default_from = settings.twilio_messaging_service_sid, settings.twilio_from
+        sender = None if service else default_from
     if service is None and sender is None:
         raise InvalidSend(
             "from",
@@ -122,10 +130,11 @@ async def send(
     settings: Settings,
     request: SendMessage,
     idempotency_key: str | None,
+    account: Account | None = None,
 ) -> SendResult:
     now = datetime.now(UTC)
     message_id = uuid7(now)
-    params = twilio_params(request, settings, message_id)
+    params = twilio_params(request, settings, message_id, account)
     fingerprint = request_hash(request)
     recipient = privacy.number_sha256(request.to)
     scope = opt_outs.scope(params.get("messaging_service_sid"), params.get("from_"))
@@ -134,6 +143,7 @@ async def send(
             connection,
             message_id=message_id,
             to=privacy.redact_number(request.to, settings) or request.to,
+            country=country_of(request.to),
             from_=privacy.redact_number(params.get("from_"), settings),
             messaging_service_sid=params.get("messaging_service_sid"),
             channel=channel_of((request.to, params.get("from_")), bool(request.media_urls)),
@@ -148,6 +158,8 @@ async def send(
             idempotency_key=idempotency_key,
             request_hash=fingerprint,
             created_at=now,
+            # On record from the start, so that a key bound to the account sees the attempt.
+            account_sid=account.sid if account else settings.twilio_account_sid,
             fields=privacy.scrub_fields(
                 # Stored under Twilio's names: `from`, not the SDK's `from_`.
                 {"request": {k.rstrip("_"): _jsonable(v) for k, v in params.items()}},
@@ -167,6 +179,7 @@ async def send(
             report = _report(message_id, status="failed", error_code=21610,
                              fields={"refused_locally": True, "code": 21610})  # fmt: skip
             await repository.record_send_result(connection, report, "refused")
+            metrics.send("refused", OptedOut.code)
             return SendResult(message_id, "refused", OptedOut())
 
     outcome: Literal["accepted", "refused", "unknown"]
@@ -204,6 +217,11 @@ async def send(
         "message sent",
         extra={"message_id": str(message_id), "sid": report.sid, "outcome": outcome},
     )
+    if isinstance(error, TwilioRestException) and error.status == 429:
+        # Still 429 after the retries: Twilio never took it.
+        metrics.send("rate_limited", error.code)
+    else:
+        metrics.send(outcome, report.error_code)
     async with pool.acquire(timeout=settings.db_timeout_seconds) as connection:
         await repository.record_send_result(connection, report, outcome)
         if isinstance(error, TwilioRestException) and error.code == OPTED_OUT:

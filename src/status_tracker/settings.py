@@ -7,6 +7,9 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# Units of a duration written as a number and a letter: 90s, 30m, 12h, 400d.
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -32,6 +35,17 @@ class Settings(BaseSettings):
     )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, validation_alias="STATUS_TRACKER_API_KEYS"
+    )
+    read_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        validation_alias="STATUS_TRACKER_READ_KEYS",
+        description="Comma-separated read-only keys for /v1: GET only.",
+    )
+    secret_key: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        validation_alias="STATUS_TRACKER_SECRET_KEY",
+        description="Fernet keys, comma-separated, newest first, that encrypt the accounts' "
+        "secrets at rest. Unset: one made once and kept in the data directory.",
     )
     twilio_account_sid: str | None = Field(default=None, validation_alias="TWILIO_ACCOUNT_SID")
     twilio_auth_token: SecretStr | None = Field(default=None, validation_alias="TWILIO_AUTH_TOKEN")
@@ -74,6 +88,12 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(
         default=64 * 1024, gt=0, validation_alias="STATUS_TRACKER_MAX_BODY_BYTES"
+    )
+    event_streams_max_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        gt=0,
+        validation_alias="STATUS_TRACKER_EVENT_STREAMS_MAX_BODY_BYTES",
+        description="Largest Event Streams batch accepted, in bytes; larger: 413.",
     )
     body_timeout_seconds: float = Field(
         default=10.0,
@@ -133,6 +153,21 @@ class Settings(BaseSettings):
         validation_alias="STATUS_TRACKER_STORE_BODIES",
         description="false: message bodies are never stored.",
     )
+    retention: timedelta | None = Field(
+        default=None,
+        validation_alias="STATUS_TRACKER_RETENTION",
+        description="How long messages and their events are kept (e.g. 400d); unset: forever.",
+    )
+    body_retention: timedelta | None = Field(
+        default=None,
+        validation_alias="STATUS_TRACKER_BODY_RETENTION",
+        description="How long bodies and media URLs are kept (e.g. 30d); unset: as messages.",
+    )
+    archive_dir: Path | None = Field(
+        default=None,
+        validation_alias="STATUS_TRACKER_ARCHIVE_DIR",
+        description="Where each day of events is written before retention drops it.",
+    )
     auto_reply: str | None = Field(
         default=None,
         validation_alias="STATUS_TRACKER_AUTO_REPLY",
@@ -144,8 +179,48 @@ class Settings(BaseSettings):
         description="Log every HTTP request (costs about a tenth of ingest throughput).",
     )
     log_level: str = Field(default="INFO", validation_alias="STATUS_TRACKER_LOG_LEVEL")
+    webhooks_allow_private: bool = Field(
+        default=False,
+        validation_alias="STATUS_TRACKER_WEBHOOKS_ALLOW_PRIVATE",
+        description="true: webhook endpoints may be on loopback, link-local or private addresses.",
+    )
+    webhooks_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        validation_alias="STATUS_TRACKER_WEBHOOKS_TIMEOUT",
+        description="Seconds a webhook endpoint has to answer an attempt.",
+    )
+    webhooks_concurrency: int = Field(
+        default=8,
+        ge=1,
+        validation_alias="STATUS_TRACKER_WEBHOOKS_CONCURRENCY",
+        description="Webhook attempts in flight at once, per worker process.",
+    )
+    webhooks_retry_scale: float = Field(
+        default=1.0,
+        gt=0,
+        validation_alias="STATUS_TRACKER_WEBHOOKS_RETRY_SCALE",
+        description="Multiplies the webhook retry schedule and the 5 days after which a failing "
+        "endpoint is disabled (drills and tests shorten them).",
+    )
+    webhooks_retention_seconds: float = Field(
+        default=7 * 24 * 3600,
+        gt=0,
+        validation_alias="STATUS_TRACKER_WEBHOOKS_RETENTION",
+        description="Seconds outbox events (and their deliveries) are kept, then pruned.",
+    )
+    metrics: bool = Field(
+        default=True,
+        validation_alias="STATUS_TRACKER_METRICS",
+        description="Serve Prometheus metrics at /metrics; false: none recorded or served.",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        validation_alias="STATUS_TRACKER_METRICS_TOKEN",
+        description="Bearer token /metrics requires; unset: /metrics is open, like /healthz.",
+    )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "read_keys", "secret_key", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
         # The environment gives "key1,key2"; code may pass a list.
@@ -178,12 +253,16 @@ class Settings(BaseSettings):
             for key_id, key in self.twilio_webhook_shared_keys.items()
         }
 
-    @field_validator("stale_after", mode="before")
+    @field_validator("stale_after", "retention", "body_retention", mode="before")
     @classmethod
-    def _seconds(cls, value: Any) -> Any:
-        # The environment gives "43200"; pydantic reads only ISO 8601 durations from text.
-        if isinstance(value, str) and value.replace(".", "", 1).isdigit():
-            return float(value)
+    def _duration(cls, value: Any) -> Any:
+        # The environment gives "43200" (seconds), "12h" or "400d"; pydantic reads only ISO 8601
+        # durations from text.
+        if not isinstance(value, str):
+            return value
+        number, unit = (value[:-1], value[-1]) if value[-1:] in DURATION_UNITS else (value, "s")
+        if number.replace(".", "", 1).isdigit():
+            return timedelta(seconds=float(number) * DURATION_UNITS[unit])
         return value
 
     @property

@@ -38,7 +38,11 @@ class SignatureVerifier:
     def configured(self) -> bool:
         return bool(self._token_validators or self._shared_key_validator or self._keyed_validators)
 
-    def verify(self, url: str, form: Form, signature: str, signature_settings: str | None) -> bool:
+    def verify(
+        self, url: str, form: Form | str, signature: str, signature_settings: str | None
+    ) -> bool:
+        """`form` is a form body, or the text of a JSON body (Event Streams), which Twilio signs
+        through the `bodySHA256` query parameter of `url` (the caller checks it is there)."""
         algorithm = get_signature_algorithm(signature_settings)
         if signature_settings:
             key_id = signing_key_id(signature_settings)
@@ -53,8 +57,13 @@ class SignatureVerifier:
             return False
         # Fast path: the URL exactly as configured, signed by the primary token. The SDK's
         # validate() also tries the URL with and without its default port, at twice the cost.
-        if self._token_validators and hmac.compare_digest(
-            self._token_validators[0].compute_signature(url, form).encode(), signature.encode()
+        # A JSON body needs the SDK's validate(), which also checks its hash.
+        if (
+            isinstance(form, Form)
+            and self._token_validators
+            and hmac.compare_digest(
+                self._token_validators[0].compute_signature(url, form).encode(), signature.encode()
+            )
         ):
             return True
         return any(validator.validate(url, form, signature) for validator in self._token_validators)

@@ -93,6 +93,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from twilio.request_validator import RequestValidator
 
+from status_tracker.simulator_event_streams import EventStreamSender
+
 API_VERSION = "2010-04-01"
 DEFAULT_ACCOUNT_SID = "AC3f2b9d4e8a1c6075b2e9d8c4a1f36e57"
 DEFAULT_AUTH_TOKEN = "9b1e4c7a2d8f3e6b0a5c9d2e7f4b1a83"
@@ -135,6 +137,11 @@ class SimulatorConfig:
     get_5xx_probability: float = 0.0
     # Where the messages are kept across restarts (JSON); None: forgotten on exit.
     state_file: Path | None = None
+    # An Event Streams webhook sink to post the account's message events to (beside or, with
+    # status_callbacks off, instead of status callbacks); see simulator_event_streams.
+    event_streams_url: str | None = None
+    event_streams_max_batch: int = 100
+    status_callbacks: bool = True
 
     def __post_init__(self) -> None:
         if not _ACCOUNT_SID.fullmatch(self.account_sid):
@@ -294,6 +301,18 @@ class Simulator:
         self._sequence = itertools.count()
         self._throttled: Counter[str] = Counter()
         self._channel_install_sid = "XE" + self._hex()
+        self.event_streams: EventStreamSender | None = None
+        if config.event_streams_url is not None:
+            self.event_streams = EventStreamSender(
+                config.event_streams_url,
+                auth_token=config.auth_token,
+                seed=config.seed,
+                duplicate_probability=config.duplicate_probability,
+                reorder_probability=config.reorder_probability,
+                spawn=self._spawn,
+                transport=callback_transport,
+                max_batch=config.event_streams_max_batch,
+            )
         # Whether the messages changed since they were last saved.
         self.changed = False
         if config.state_file is not None and config.state_file.exists():
@@ -344,6 +363,8 @@ class Simulator:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.event_streams is not None:
+            await self.event_streams.close()
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -429,6 +450,8 @@ class Simulator:
         self.messages[message.sid] = message
         self.changed = True
         _log.info("message created sid=%s to=%s status=%s", message.sid, _redact(to), status)
+        if self.event_streams is not None:
+            self.event_streams.publish(message, None)
         self._spawn(self._run(message, self._plan(message)))
         return message, outcome
 
@@ -570,6 +593,8 @@ class Simulator:
             if transition.delay * scale > 0:
                 await asyncio.sleep(transition.delay * scale)
             params = self._apply(message, transition.step)
+            if self.event_streams is not None:
+                self.event_streams.publish(message, transition.step.error_code)
             pending = self._pending(message, transition, params)
             if plan.order is not None:
                 held.extend(pending)
@@ -633,7 +658,7 @@ class Simulator:
     def _pending(
         self, message: SimulatedMessage, transition: _Transition, params: dict[str, str]
     ) -> list[_Pending]:
-        if message.status_callback is None:
+        if message.status_callback is None or not self.config.status_callbacks:
             return []
         status = transition.step.status
         if not transition.tokens:

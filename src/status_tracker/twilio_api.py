@@ -25,6 +25,7 @@ class TwilioApi:
         account_sid: str,
         auth_token: str,
         *,
+        api_key: tuple[str, str] | None = None,
         base_url: str | None = None,
         timeout: float = 10.0,
         get_retry: RetryPolicy | None = None,
@@ -33,7 +34,10 @@ class TwilioApi:
         self.account_sid = account_sid
         self.page_size = page_size
         self._http = HttpxTwilioClient(timeout=timeout, get_retry=get_retry)
-        self._client = Client(account_sid, auth_token, http_client=self._http)
+        # An API key (SID, secret), Twilio's recommended credentials, authenticates instead of
+        # the auth token when given; the account's SID still names the account in every URL.
+        username, password = api_key or (account_sid, auth_token)
+        self._client = Client(username, password, account_sid, http_client=self._http)
         if base_url:
             # Every /2010-04-01/... call goes there instead (the built-in simulator).
             self._client.api.base_url = base_url.rstrip("/")

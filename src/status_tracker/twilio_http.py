@@ -26,6 +26,8 @@ import httpx
 from twilio.http import AsyncHttpClient
 from twilio.http.response import Response
 
+from status_tracker import metrics
+
 _logger = logging.getLogger(__name__)
 
 
@@ -128,15 +130,22 @@ class HttpxTwilioClient(AsyncHttpClient):  # type: ignore[misc]
         allow_redirects: bool,
     ) -> httpx.Response:
         started = time.perf_counter()
-        response = await self._client.request(
-            method,
-            url,
-            params=params,
-            data=data,
-            headers=headers,
-            auth=auth,
-            timeout=self.timeout if timeout is None else timeout,
-            follow_redirects=allow_redirects,
+        try:
+            response = await self._client.request(
+                method,
+                url,
+                params=params,
+                data=data,
+                headers=headers,
+                auth=auth,
+                timeout=self.timeout if timeout is None else timeout,
+                follow_redirects=allow_redirects,
+            )
+        except httpx.HTTPError:
+            metrics.twilio_request(method, httpx.URL(url).path, None, time.perf_counter() - started)
+            raise
+        metrics.twilio_request(
+            method, response.request.url.path, response.status_code, time.perf_counter() - started
         )
         # Not the SDK's log_request: it logs query parameters, and list filters carry phone numbers.
         self.logger.info(

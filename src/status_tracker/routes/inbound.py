@@ -11,6 +11,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from status_tracker import opt_outs, privacy, repository
 from status_tracker.callbacks import MESSAGE_SID_PATTERN, StatusReport, channel_of
+from status_tracker.countries import country_of
 from status_tracker.deps import PoolDep, SettingsDep, VerifierDep
 from status_tracker.ids import uuid7
 from status_tracker.routes.webhooks import form_request_body, parse_form_model, verified_form
@@ -151,6 +152,7 @@ async def _record_reply(
         connection,
         message_id=reply_id,
         to=privacy.redact_number(inbound.from_, settings) or inbound.from_,
+        country=country_of(inbound.from_),
         from_=privacy.redact_number(inbound.to, settings),
         messaging_service_sid=inbound.messaging_service_sid,
         channel=channel,

@@ -1,10 +1,21 @@
+from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from twilio.base.exceptions import TwilioRestException
 
 from status_tracker import repository, sending
-from status_tracker.deps import ConnectionDep, PoolDep, SettingsDep, TwilioDep, require_api_key
+from status_tracker.accounts import Account, AccountDirectory
+from status_tracker.api_keys import Principal
+from status_tracker.deps import (
+    AccountsDep,
+    ConnectionDep,
+    PoolDep,
+    PrincipalDep,
+    SettingsDep,
+    default_twilio,
+    require_api_key,
+)
 from status_tracker.error_codes import describe
 from status_tracker.errors import (
     BadGateway,
@@ -16,6 +27,7 @@ from status_tracker.errors import (
     Unprocessable,
 )
 from status_tracker.models import Message, SendMessage, message_view
+from status_tracker.twilio_api import TwilioApi
 
 router = APIRouter(prefix="/v1", tags=["messages"], dependencies=[Depends(require_api_key)])
 
@@ -25,11 +37,13 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def load_message(connection: Any, id_or_sid: str) -> Message:
-    message = await repository.get_message(connection, id_or_sid)
+async def load_message(
+    connection: Any, id_or_sid: str, accounts: Sequence[str] | None = None
+) -> Message:
+    message = await repository.get_message(connection, id_or_sid, accounts)
     if message is None:
         raise NotFound(f"No message {id_or_sid!r}.")
-    events = await repository.list_events(connection, message["id"])
+    events = await repository.list_events(connection, message)
     return message_view(message, events)
 
 
@@ -39,9 +53,11 @@ async def load_message(connection: Any, id_or_sid: str) -> Message:
     summary="A message, its current status and its full timeline",
     responses=PROBLEMS,
 )
-async def get_message(id_or_sid: str, connection: ConnectionDep) -> Message:
+async def get_message(
+    id_or_sid: str, connection: ConnectionDep, principal: PrincipalDep
+) -> Message:
     """`id_or_sid` is Twilio's Message SID (`SM…`/`MM…`) or the service's own id (a UUID)."""
-    return await load_message(connection, id_or_sid)
+    return await load_message(connection, id_or_sid, principal.visible_accounts())
 
 
 @router.post(
@@ -64,8 +80,10 @@ async def send_message(
     message: SendMessage,
     response: Response,
     pool: PoolDep,
-    twilio: TwilioDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
+    directory: AccountsDep,
+    request: Request,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -77,9 +95,11 @@ async def send_message(
 ) -> Message:
     """The attempt is stored before Twilio is called and Twilio's answer after, so every
     attempt can be found with `GET /v1/messages/{id}`, including those Twilio refused or never
-    answered. Status callbacks for it come to this service's status webhook."""
+    answered. Status callbacks for it come to this service's status webhook. `account_sid`
+    sends through that stored account (its credentials and default sender)."""
+    account, twilio = await sending_account(message.account_sid, principal, directory, request)
     try:
-        result = await sending.send(pool, twilio, settings, message, idempotency_key)
+        result = await sending.send(pool, twilio, settings, message, idempotency_key, account)
     except sending.InvalidSend as invalid:
         raise Unprocessable(
             str(invalid), errors=[{"field": invalid.field, "message": str(invalid)}]
@@ -120,10 +140,17 @@ async def send_message(
     responses={**PROBLEMS, 409: {"description": "The message is not scheduled (any more)"}},
 )
 async def cancel_message(
-    id_or_sid: str, pool: PoolDep, twilio: TwilioDep, settings: SettingsDep
+    id_or_sid: str,
+    pool: PoolDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    directory: AccountsDep,
+    request: Request,
 ) -> Message:
     async with pool.acquire(timeout=settings.db_timeout_seconds) as connection:
-        message = await load_message(connection, id_or_sid)
+        message = await load_message(connection, id_or_sid, principal.visible_accounts())
+    stored = message.account_sid if directory.account(message.account_sid or "") else None
+    _, twilio = await sending_account(stored, principal, directory, request)
     if message.sid is None or message.status != "scheduled":
         raise Conflict(f"Only a scheduled message can be canceled; this one is {message.status}.")
     try:
@@ -132,6 +159,30 @@ async def cancel_message(
         raise twilio_refusal(refusal, message_id=str(message.id)) from refusal
     async with pool.acquire(timeout=settings.db_timeout_seconds) as connection:
         return await load_message(connection, str(message.id))
+
+
+async def sending_account(
+    account_sid: str | None, principal: Principal, directory: AccountDirectory, request: Request
+) -> tuple[Account | None, TwilioApi]:
+    """The stored account a send goes through (None: the default account of the environment),
+    and its Twilio client. A key bound to accounts sends through one of them: the one it is
+    bound to when it names none."""
+    bound = principal.account_sids
+    if account_sid is None and bound is not None:
+        if len(bound) != 1:
+            message = "This key is bound to several accounts: name one in account_sid."
+            raise Unprocessable(message, errors=[{"field": "body.account_sid", "message": message}])
+        (account_sid,) = bound
+    if account_sid is None or account_sid == request.state.settings.twilio_account_sid:
+        if bound is not None and account_sid not in bound:
+            raise NotFound("No such account.")
+        return None, await default_twilio(request)
+    account = directory.account(account_sid)
+    if account is None or not principal.visible_accounts(account_sid):
+        raise NotFound(f"No account {account_sid}: add it with POST /v1/accounts.")
+    twilio = directory.twilio_for(account_sid)
+    assert twilio is not None
+    return account, twilio
 
 
 def twilio_refusal(refusal: TwilioRestException, **extensions: Any) -> Problem:

@@ -2,9 +2,6 @@
 
 import asyncio
 import base64
-import csv
-import io
-import json
 import logging
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
@@ -17,10 +14,17 @@ from pydantic import BaseModel, Field
 from starlette.types import Message, Receive, Scope, Send
 
 from status_tracker import privacy, repository
-from status_tracker.deps import ConnectionDep, ExportsDep, PoolDep, SettingsDep, require_api_key
+from status_tracker.deps import (
+    ConnectionDep,
+    ExportsDep,
+    PoolDep,
+    PrincipalDep,
+    SettingsDep,
+    require_api_key,
+)
 from status_tracker.error_codes import describe
 from status_tracker.errors import BadRequest, NotFound, ServiceUnavailable, Unprocessable
-from status_tracker.models import Event, MessagePage, rfc3339, summary_view, timeline
+from status_tracker.models import Event, MessagePage, summary_view, timeline
 from status_tracker.precedence import FINAL_STATUSES, STATUS_ORDER
 from status_tracker.settings import Settings
 
@@ -30,6 +34,10 @@ router = APIRouter(prefix="/v1", tags=["query"], dependencies=[Depends(require_a
 AUTH: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or wrong API key (problem+json)"}
 }
+AccountQuery = Annotated[
+    str | None,
+    Query(description="Only this Twilio account's messages", pattern=r"^AC[0-9a-f]{32}$"),
+]
 
 
 def encode_cursor(created_at: datetime, message_id: UUID) -> str:
@@ -60,7 +68,7 @@ def in_utc(name: str, value: datetime | None) -> datetime | None:
         raise out_of_range(name) from error
 
 
-CHANNEL_PREFIXES = ("whatsapp:", "rcs:", "messenger:")
+CHANNEL_PREFIXES = privacy.CHANNEL_PREFIXES
 
 
 def stored_addresses(number: str | None, settings: Settings) -> list[str]:
@@ -126,6 +134,9 @@ async def list_messages(
         datetime | None, Query(description="Created before; with a time zone (…Z)")
     ] = None,
     reference: str | None = None,
+    account_sid: AccountQuery = None,
+    *,
+    principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
 ) -> MessagePage:
@@ -142,6 +153,7 @@ async def list_messages(
         since=in_utc("since", since),
         until=in_utc("until", until),
         reference=reference,
+        account_sids=principal.visible_accounts(account_sid),
     )
     after = decode_cursor(cursor) if cursor else None
     rows = await repository.list_messages(connection, filters, limit + 1, after)
@@ -158,11 +170,13 @@ async def list_messages(
     summary="A message's timeline alone, oldest first",
     responses={**AUTH, 404: {"description": "No such message (problem+json)"}},
 )
-async def message_events(id_or_sid: str, connection: ConnectionDep) -> list[Event]:
-    message = await repository.get_message(connection, id_or_sid)
+async def message_events(
+    id_or_sid: str, connection: ConnectionDep, principal: PrincipalDep
+) -> list[Event]:
+    message = await repository.get_message(connection, id_or_sid, principal.visible_accounts())
     if message is None:
         raise NotFound(f"No message {id_or_sid!r}.")
-    return timeline(await repository.list_events(connection, message["id"]))
+    return timeline(await repository.list_events(connection, message))
 
 
 class ErrorCount(BaseModel):
@@ -178,6 +192,15 @@ class Bucket(BaseModel):
     failed: int = Field(description="failed or undelivered")
 
 
+class Group(BaseModel):
+    key: str | None = Field(description="The group's value; null: messages without one")
+    total: int
+    by_status: dict[str, int]
+    delivery_rate: float | None = Field(
+        description="(delivered + read) / messages in a final status"
+    )
+
+
 class Stats(BaseModel):
     since: datetime
     until: datetime
@@ -187,82 +210,124 @@ class Stats(BaseModel):
     delivery_rate: float | None = Field(
         description="(delivered + read) / messages in a final status"
     )
-    sent_to_delivered_median_seconds: float | None
-    sent_to_delivered_p95_seconds: float | None
+    sent_to_delivered_median_seconds: float | None = Field(
+        description="Estimated from a histogram of delivery times (see the README)"
+    )
+    sent_to_delivered_p95_seconds: float | None = Field(
+        description="Estimated from a histogram of delivery times (see the README)"
+    )
     interval: Literal["hour", "day"]
     series: list[Bucket]
+    group_by: str | None = None
+    groups: list[Group] | None = Field(
+        default=None, description="With `group_by`: one entry per value, the largest first"
+    )
+
+
+# Groups answered at most: a breakdown by reference can have one per message.
+MAX_GROUPS = 1000
+
+
+def delivery_rate(by_status: dict[str, int]) -> float | None:
+    final = sum(count for s, count in by_status.items() if s in FINAL_STATUSES - {"received"})
+    delivered = by_status.get("delivered", 0) + by_status.get("read", 0)
+    return delivered / final if final else None
+
+
+def percentile(histogram: dict[int, int], fraction: float) -> float | None:
+    """The `fraction` percentile of delivery times, from counts per bucket of
+    repository.DELIVERY_BOUNDS (bucket i holds [bound i-1, bound i)): linear within the bucket
+    where it falls; the last, open-ended bucket answers its lower bound."""
+    total = sum(histogram.values())
+    if total <= 0:
+        return None
+    bounds = (0.0, *repository.DELIVERY_BOUNDS)
+    target, seen = fraction * total, 0
+    for index in sorted(histogram):
+        count = histogram[index]
+        if seen + count >= target and count > 0:
+            low = bounds[index]
+            if index + 1 >= len(bounds):
+                return low
+            return low + (bounds[index + 1] - low) * (target - seen) / count
+        seen += count
+    return bounds[-1]
 
 
 @router.get("/stats", response_model=Stats, summary="Counts, delivery rate and delivery times",
             responses=AUTH)  # fmt: skip
 async def stats(
     connection: ConnectionDep,
+    principal: PrincipalDep,
+    account_sid: AccountQuery = None,
     since: datetime | None = None,
     until: datetime | None = None,
     interval: Literal["hour", "day"] | None = Query(
         default=None, description="Series bucket; default: hour up to 2 days, else day"
     ),
+    group_by: Literal["country", "from", "messaging_service", "reference", "error_code"]
+    | None = Query(
+        default=None,
+        description="Break the counts down by the customer's country (ISO code), sender "
+        "(`from`), Messaging Service, your `reference`, or error code",
+        examples=["country"],
+    ),
 ) -> Stats:
-    """Over messages created in [since, until); by default the last 24 hours."""
+    """Over messages created in [since, until); by default the last 24 hours. Whole hours are
+    read from hourly rollups, so a month answers as fast as a day."""
     since, until = window(since, until)
     interval = interval or ("hour" if until - since <= timedelta(days=2) else "day")
-    found = await repository.message_stats(connection, since, until, interval)
-    by_status = {row["status"]: row["count"] for row in found["by_status"]}
-    final = sum(count for s, count in by_status.items() if s in FINAL_STATUSES - {"received"})
-    delivered = by_status.get("delivered", 0) + by_status.get("read", 0)
+    accounts = principal.visible_accounts(account_sid)
+    rows = await repository.message_stats(connection, since, until, interval, accounts)
+    by_status: dict[str, int] = {}
+    by_error: dict[int, int] = {}
+    histogram: dict[int, int] = {}
+    series: dict[datetime, dict[str, int]] = {}
+    for row in rows:
+        kind, count = row["kind"], row["count"]
+        if kind == "status":
+            by_status[row["status"]] = count
+        elif kind == "error_code" and row["error_code"] is not None:
+            by_error[row["error_code"]] = count
+        elif kind == "delivery_bucket" and row["delivery_bucket"] is not None:
+            histogram[row["delivery_bucket"]] = count
+        elif kind == "series":
+            series.setdefault(row["start"], {})[row["status"]] = count
+    groups: dict[str | None, dict[str, int]] = {}
+    if group_by is not None:
+        breakdown = await repository.message_breakdown(connection, since, until, group_by, accounts)
+        for row in breakdown:
+            groups.setdefault(row["value"], {})[row["status"]] = row["count"]
+    largest = sorted(groups.items(), key=lambda item: -sum(item[1].values()))[:MAX_GROUPS]
     return Stats(
         since=since,
         until=until,
         total=sum(by_status.values()),
-        by_status=by_status,
+        by_status=dict(sorted(by_status.items(), key=lambda item: -item[1])),
         by_error_code=[
-            ErrorCount(
-                error_code=row["error_code"],
-                count=row["count"],
-                description=describe(row["error_code"]),
-            )
-            for row in found["by_error"]
+            ErrorCount(error_code=code, count=count, description=describe(code))
+            for code, count in sorted(by_error.items(), key=lambda item: -item[1])
         ],
-        delivery_rate=delivered / final if final else None,
-        sent_to_delivered_median_seconds=found["timing"]["median"],
-        sent_to_delivered_p95_seconds=found["timing"]["p95"],
+        delivery_rate=delivery_rate(by_status),
+        sent_to_delivered_median_seconds=percentile(histogram, 0.5),
+        sent_to_delivered_p95_seconds=percentile(histogram, 0.95),
         interval=interval,
-        series=[Bucket(**dict(row)) for row in found["series"]],
-    )
-
-
-MESSAGE_EXPORT_COLUMNS = (
-    "id", "sid", "direction", "status", "error_code", "error_description", "to", "from",
-    "channel", "reference", "created_at", "updated_at", "sent_at", "delivered_at", "read_at",
-    "final_at", "event_count",
-)  # fmt: skip
-EVENT_EXPORT_COLUMNS = (
-    "message_id", "sid", "id", "status", "error_code", "source", "received_at", "carrier_done_at",
-)  # fmt: skip
-
-
-def _export_row(record: Any, events: bool) -> dict[str, Any]:
-    if events:
-        return {name: record[name] for name in (*EVENT_EXPORT_COLUMNS, "fields", "query")}
-    row = {name: record[name] for name in MESSAGE_EXPORT_COLUMNS if name in record}
-    row["to"], row["from"] = record["to_number"], record["from_number"]
-    row["error_description"] = describe(record["error_code"])
-    return row
-
-
-# What a spreadsheet may read as the start of a formula (OWASP's CSV injection list), and the
-# full-width forms some spreadsheets fold into them.
-FORMULA_STARTS = frozenset("=+-@\t\r\uff1d\uff0b\uff0d\uff20")  # full-width = + - @
-
-
-def _cell(value: Any) -> str:
-    text = "" if value is None else rfc3339(value) if isinstance(value, datetime) else str(value)
-    # A cell a spreadsheet would run as a formula is kept as text.
-    return "'" + text if text[:1] in FORMULA_STARTS else text
-
-
-def _json_value(value: Any) -> Any:
-    return rfc3339(value) if isinstance(value, datetime) else str(value)
+        series=[
+            Bucket(
+                start=start,
+                total=sum(counts.values()),
+                delivered=counts.get("delivered", 0) + counts.get("read", 0),
+                failed=counts.get("failed", 0) + counts.get("undelivered", 0),
+            )
+            for start, counts in sorted(series.items())
+        ],
+        group_by=group_by,
+        groups=None if group_by is None else [
+            Group(key=key, total=sum(counts.values()), by_status=counts,
+                  delivery_rate=delivery_rate(counts))
+            for key, counts in largest
+        ],
+    )  # fmt: skip
 
 
 @router.get(
@@ -281,6 +346,8 @@ async def export(
     pool: PoolDep,
     exports: ExportsDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
+    account_sid: AccountQuery = None,
     since: datetime | None = None,
     until: datetime | None = None,
     format: Literal["csv", "jsonl"] = "csv",
@@ -295,26 +362,24 @@ async def export(
     show it as text; the file starts with a UTF-8 byte order mark."""
     since, until = window(since, until)
     events = include == "events"
-    columns = EVENT_EXPORT_COLUMNS if events else MESSAGE_EXPORT_COLUMNS
+    accounts = principal.visible_accounts(account_sid)
+    columns = repository.EVENT_EXPORT if events else repository.MESSAGE_EXPORT
 
     async def lines() -> AsyncGenerator[bytes, None]:
         async with pool.acquire(timeout=settings.db_timeout_seconds) as connection:
             async with connection.transaction(readonly=True):
                 if format == "csv":
-                    yield ("\ufeff" + ",".join(columns) + "\r\n").encode()
-                buffer = io.StringIO()
-                writer = csv.writer(buffer)
-                async for record in repository.export_rows(connection, since, until, events):
-                    row = _export_row(record, events)
-                    if format == "csv":
-                        writer.writerow(_cell(row[name]) for name in columns)
-                    else:
-                        buffer.write(json.dumps(row, default=_json_value) + "\n")
-                    if buffer.tell() > 64 * 1024:
-                        yield buffer.getvalue().encode()
-                        buffer.seek(0)
-                        buffer.truncate()
-                yield buffer.getvalue().encode()
+                    yield ("\ufeff" + ",".join(name for name, _, _ in columns) + "\r\n").encode()
+                codes = (
+                    () if events else await repository.export_error_codes(connection, since, until)
+                )
+                descriptions = {code: describe(code) or "" for code in codes}
+                chunks = repository.export_lines(
+                    connection, since, until, events=events, format=format,
+                    descriptions=descriptions, accounts=accounts,
+                )  # fmt: skip
+                async for chunk in chunks:
+                    yield chunk.encode()
 
     media_type = "text/csv; charset=utf-8" if format == "csv" else "application/x-ndjson"
     name = f"messages-{since:%Y%m%dT%H%M%S}-{until:%Y%m%dT%H%M%S}.{format}"

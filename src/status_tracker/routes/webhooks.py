@@ -10,7 +10,8 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 from twilio.request_validator import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER
 
-from status_tracker import privacy
+from status_tracker import metrics, privacy
+from status_tracker.accounts import AccountDirectory
 from status_tracker.callbacks import Form, MalformedForm, StatusCallback, report_from_callback
 from status_tracker.errors import (
     BadRequest,
@@ -23,7 +24,6 @@ from status_tracker.errors import (
 )
 from status_tracker.ingest import Overloaded, ReportWriter
 from status_tracker.settings import Settings
-from status_tracker.signatures import SignatureVerifier
 
 router = APIRouter(prefix="/webhooks/twilio", tags=["webhooks"])
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -118,9 +118,10 @@ def public_url(scope: Scope, settings: Settings) -> str:
 
 
 async def verified_form(
-    scope: Scope, receive: Receive, settings: Settings, verifier: SignatureVerifier
+    scope: Scope, receive: Receive, settings: Settings, verifier: AccountDirectory
 ) -> tuple[Form, Form]:
-    """The form body and the query, once size, encoding and signature are checked."""
+    """The form body and the query, once size, encoding and signature are checked (with the
+    tokens of the account the form's AccountSid names)."""
     # Refused before the body is read: an unsigned request must not hold a connection.
     signature = header(scope, SIGNATURE_HEADER_RAW)
     if not signature:
@@ -141,8 +142,33 @@ async def verified_form(
     return form, query
 
 
+# How a callback refused with each problem is counted (status_tracker_callbacks_received).
+REFUSALS: dict[type[Problem], str] = {
+    Forbidden: "bad_signature",
+    BadRequest: "bad_request",
+    PayloadTooLarge: "too_large",
+    RequestTimeout: "too_slow",
+}
+
+
 async def store_status_callback(scope: Scope, receive: Receive) -> None:
-    """Check, parse and store one status callback; return once it is committed.
+    """`check_and_store`, counted in the metrics by its outcome."""
+    try:
+        status, changed = await check_and_store(scope, receive)
+    except ClientDisconnect:
+        raise
+    except Problem as problem:
+        metrics.callback_received(REFUSALS.get(type(problem), "unavailable"))
+        raise
+    except Exception:
+        metrics.callback_received("unavailable")
+        raise
+    metrics.callback_received("stored" if changed else "duplicate", status)
+
+
+async def check_and_store(scope: Scope, receive: Receive) -> tuple[str, bool]:
+    """Check, parse and store one status callback; return once it is committed, with its status
+    and whether it changed its message.
 
     Raises a Problem (400, 403, 413, 503) or a database error: either way nothing was stored."""
     received_at = datetime.now(UTC)
@@ -160,9 +186,12 @@ async def store_status_callback(scope: Scope, receive: Receive) -> None:
         header(scope, b"i-twilio-idempotency-token"),
     )
     try:
-        await writer.write(privacy.scrub_report(report, settings))
+        changed = await writer.write(privacy.scrub_report(report, settings))
     except Overloaded as error:
         raise ServiceUnavailable(f"Too many callbacks waiting to be stored: {error}.") from error
+    if report.carrier_done_at is not None:
+        metrics.callback_lag(report.carrier_done_at, received_at)
+    return report.status, changed
 
 
 @router.post(
