@@ -1,6 +1,10 @@
-"""What the tests share: Twilio-signed requests, made with the twilio SDK's own validator."""
+"""What the tests share: Twilio-signed requests, made with the twilio SDK's own validator, and
+a wait for what happens in the background."""
 
+import asyncio
 import secrets
+import time
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode
 
 from twilio.request_validator import RequestValidator
@@ -51,3 +55,11 @@ def signed(
         "X-Twilio-Signature": signature,
     }
     return target, urlencode(pairs).encode(), headers
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], within: float) -> None:
+    """Return once `check()` is true; fail if it is still false after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.2)

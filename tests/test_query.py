@@ -7,6 +7,7 @@ import json
 import math
 import socket
 import statistics
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
@@ -15,7 +16,7 @@ import pytest
 
 from status_tracker import repository
 from tests.conftest import Server
-from tests.support import API_KEY, AUTH_TOKEN, callback_fields, new_sid, signed
+from tests.support import API_KEY, AUTH_TOKEN, callback_fields, new_sid, signed, wait_until
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -296,22 +297,34 @@ async def test_stalled_exports_starve_neither_ingest_nor_the_api_and_are_aborted
         "STATUS_TRACKER_EXPORT_STALL_TIMEOUT": "3",
     }
     query = urlencode({"since": (NOW - timedelta(days=40)).isoformat(), "until": NOW.isoformat()})
+    idle = "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND datname = current_database()"
+
+    def idle_exports_are(expected: int) -> Callable[[], Awaitable[bool]]:
+        """Whether `expected` exports hold a transaction while they wait for their client."""
+
+        async def check() -> bool:
+            return bool(await db.fetchval(idle) == expected)
+
+        return check
+
     with Server(environment, tmp_path) as server:
         stalled = [stalled_export(server.port, query) for _ in range(4)]
-        await asyncio.sleep(1)
-        async with httpx.AsyncClient(base_url=server.url, headers=AUTH) as client:
-            target, body, headers = signed(
-                callback_fields(new_sid(), "sent"), public_url=server.url
-            )
-            assert (await client.post(target, content=body, headers=headers)).status_code == 204
-            assert (await client.get("/readyz")).status_code == 200
-            assert (await client.get("/v1/messages", params={"limit": 1})).status_code == 200
-        idle = "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND datname = current_database()"
-        assert await db.fetchval(idle) == 2  # half the pool, no more
-        await asyncio.sleep(3 + 1.5)  # the stall timeout, and some
-        assert await db.fetchval(idle) == 0
-        answers = [read_to_end(connection) for connection in stalled]
-        server.stop()
+        try:
+            await wait_until(idle_exports_are(2), 30)  # a loaded machine fills buffers slowly
+            async with httpx.AsyncClient(base_url=server.url, headers=AUTH) as client:
+                target, body, headers = signed(
+                    callback_fields(new_sid(), "sent"), public_url=server.url
+                )
+                assert (await client.post(target, content=body, headers=headers)).status_code == 204
+                assert (await client.get("/readyz")).status_code == 200
+                assert (await client.get("/v1/messages", params={"limit": 1})).status_code == 200
+            assert await db.fetchval(idle) == 2  # half the pool, no more
+            await wait_until(idle_exports_are(0), 3 + 15)  # the stall timeout, and some
+            answers = [read_to_end(connection) for connection in stalled]
+            server.stop()
+        finally:
+            for connection in stalled:  # closed already, unless the test failed
+                connection.close()
     assert (
         sorted(answer[:12] for answer in answers) == [b"HTTP/1.1 200"] * 2 + [b"HTTP/1.1 503"] * 2
     )

@@ -4,7 +4,6 @@ commit and delivery, replicas sharing the work, shuffled callbacks, and a stream
 import asyncio
 import json
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from standardwebhooks import Webhook
 
 from tests.conftest import Server
 from tests.receiver import Receiver
-from tests.support import API_KEY, AUTH_TOKEN, callback_fields, new_sid, signed
+from tests.support import API_KEY, AUTH_TOKEN, callback_fields, new_sid, signed, wait_until
 
 LIFECYCLES = [
     [("sent", None), ("delivered", None)],
@@ -73,13 +72,6 @@ def register(server: Server, url: str, **fields: Any) -> dict[str, Any]:
     assert response.status_code == 201, response.text
     endpoint: dict[str, Any] = response.json()
     return endpoint
-
-
-async def wait_until(check: Any, within: float) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.2)
 
 
 def delivered(receiver: Receiver, secret: str) -> dict[str, dict[str, Any]]:
