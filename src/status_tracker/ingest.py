@@ -116,8 +116,9 @@ class ReportWriter:
     async def _store(self, connection: asyncpg.Connection, batch: list[_Pending]) -> None:
         """Store the batch and settle each report's future; raise if none could be stored."""
         started = time.perf_counter()
+        reports = [report for report, _ in batch]
         try:
-            changed = await repository.record_reports(connection, [report for report, _ in batch])
+            changed = await repository.record_reports(connection, reports)
         except Exception as error:
             if len(batch) == 1 or is_unavailable(error):
                 raise
@@ -132,6 +133,7 @@ class ReportWriter:
                     _fail([pending], single_error)
             return
         metrics.ingest_batch(len(batch), time.perf_counter() - started, len(self._pending))
+        metrics.callbacks_stored(reports, changed)
         for (_, done), changed_message in zip(batch, changed, strict=True):
             if not done.done():
                 done.set_result(changed_message)

@@ -224,18 +224,22 @@ async def record_report(db: Executor, report: StatusReport) -> bool:
 def _count(reports: Sequence[StatusReport], outcomes: list[asyncpg.Record]) -> list[bool]:
     """Each report's `changed`, once the messages it made final are counted in the metrics."""
     changed = [False] * len(reports)
+    finals: list[metrics.Final] = []
     for row in outcomes:
         report = reports[row["n"]]
         changed[row["n"]] = row["changed"]
         # Inbound messages are final on arrival, and their sender is a person: not counted.
         if row["became_final"] and row["status"] != "received":
-            metrics.message_final(
-                row["status"],
-                row["error_code"],
-                report.country or metrics.country_of(report.to or row["to_number"]),
-                row["sender"],
-                row["seconds_to_final"],
+            finals.append(
+                (
+                    row["status"],
+                    row["error_code"],
+                    report.country or metrics.country_of(report.to or row["to_number"]),
+                    row["sender"],
+                    row["seconds_to_final"],
+                )
             )
+    metrics.messages_final(finals)
     return changed
 
 

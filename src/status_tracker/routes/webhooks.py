@@ -152,9 +152,10 @@ REFUSALS: dict[type[Problem], str] = {
 
 
 async def store_status_callback(scope: Scope, receive: Receive) -> None:
-    """`check_and_store`, counted in the metrics by its outcome."""
+    """`check_and_store`, counted in the metrics when refused (the writer counts what it
+    stores)."""
     try:
-        status, changed = await check_and_store(scope, receive)
+        await check_and_store(scope, receive)
     except ClientDisconnect:
         raise
     except Problem as problem:
@@ -163,12 +164,10 @@ async def store_status_callback(scope: Scope, receive: Receive) -> None:
     except Exception:
         metrics.callback_received("unavailable")
         raise
-    metrics.callback_received("stored" if changed else "duplicate", status)
 
 
-async def check_and_store(scope: Scope, receive: Receive) -> tuple[str, bool]:
-    """Check, parse and store one status callback; return once it is committed, with its status
-    and whether it changed its message.
+async def check_and_store(scope: Scope, receive: Receive) -> None:
+    """Check, parse and store one status callback; return once it is committed.
 
     Raises a Problem (400, 403, 413, 503) or a database error: either way nothing was stored."""
     received_at = datetime.now(UTC)
@@ -186,12 +185,9 @@ async def check_and_store(scope: Scope, receive: Receive) -> tuple[str, bool]:
         header(scope, b"i-twilio-idempotency-token"),
     )
     try:
-        changed = await writer.write(privacy.scrub_report(report, settings))
+        await writer.write(privacy.scrub_report(report, settings))
     except Overloaded as error:
         raise ServiceUnavailable(f"Too many callbacks waiting to be stored: {error}.") from error
-    if report.carrier_done_at is not None:
-        metrics.callback_lag(report.carrier_done_at, received_at)
-    return report.status, changed
 
 
 @router.post(
