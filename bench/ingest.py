@@ -227,20 +227,45 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
     return total_kib / 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) of a process and all its descendants, summed."""
+    total_ticks, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except FileNotFoundError:
+            continue
+        # Fields after the command (which may hold spaces): utime and stime are the 12th and 13th.
+        utime, stime = stat.rsplit(")", 1)[1].split()[11:13]
+        total_ticks += int(utime) + int(stime)
+        pending.extend(int(child) for child in children)
+    return total_ticks / os.sysconf("SC_CLK_TCK")
+
+
 def closed_loop_with_memory(
     url: str, script: Path, duration: int, concurrency: int, pid: int
 ) -> dict[str, float]:
-    """`closed_loop`, noting the servers' RSS once a quarter of the load is done and at its end:
-    under sustained load the two should match (memory stays flat)."""
+    """`closed_loop`, noting the servers' RSS once a quarter of the load is done and at its end
+    (under sustained load the two should match: memory stays flat), and the servers' CPU time
+    per callback (steadier than throughput on a machine whose speed varies)."""
     quarter: list[float] = []
     timer = threading.Timer(duration / 4, lambda: quarter.append(rss_mib(pid)))
     timer.start()
+    cpu_before = cpu_seconds(pid)
     try:
         result = closed_loop(url, script, duration, concurrency)
     finally:
         timer.cancel()
+    cpu_us = (cpu_seconds(pid) - cpu_before) / max(result["acknowledged"], 1) * 1e6
     end = rss_mib(pid)
-    return {**result, "rss_quarter_mib": round(quarter[0], 1), "rss_end_mib": round(end, 1)}
+    return {
+        **result,
+        "rss_quarter_mib": round(quarter[0], 1),
+        "rss_end_mib": round(end, 1),
+        "cpu_us_per_callback": round(cpu_us, 1),
+    }
 
 
 class _Accept(BaseHTTPRequestHandler):
@@ -575,7 +600,7 @@ def report_event_streams(result: dict[str, object]) -> None:
 def report(results: list[dict[str, object]]) -> None:
     print(
         f"{'server':9} {'workers':>7} {'cb/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
-        f"{'rate':>5} {'p50 ms':>7} {'p99 ms':>7} {'RSS MiB':>8} {'ratio':>6}"
+        f"{'rate':>5} {'p50 ms':>7} {'p99 ms':>7} {'RSS MiB':>8} {'ratio':>6} {'CPU µs':>7}"
     )
     # The service against the baseline; the service with a webhook endpoint against the service.
     against: dict[tuple[object, object], float] = {}
@@ -590,7 +615,8 @@ def report(results: list[dict[str, object]]) -> None:
         print(
             f"{r['server']:9} {r['workers']:>7} {r['per_second']:>9.0f} {r['p50_ms']:>7.1f} "
             f"{r['p99_ms']:>7.1f} {r['errors']:>6} {o['rate']:>5} {o['p50_ms']:>7.1f} "
-            f"{o['p99_ms']:>7.1f} {r['peak_rss_mib']:>8} {ratio:>6}"
+            f"{o['p99_ms']:>7.1f} {r['peak_rss_mib']:>8} {ratio:>6} "
+            f"{r['cpu_us_per_callback']:>7}"
         )
     for r in results:
         if r["server"] == "webhooks":
@@ -606,7 +632,10 @@ def report(results: list[dict[str, object]]) -> None:
                 f"{r['rss_quarter_mib']} MiB a quarter into the closed loop, {r['rss_end_mib']} "
                 "MiB at its end"
             )
-    print("(columns 3-6: closed loop with wrk; 7-9: open loop at a fixed rate)")
+    print(
+        "(columns 3-6: closed loop with wrk; 7-9: open loop at a fixed rate; CPU µs: the "
+        "servers' CPU time per callback acknowledged in the closed loop)"
+    )
     for workers in sorted({r["workers"] for r in results}, key=str):
         on, off = (
             [float(r["per_second"]) for r in results  # type: ignore[arg-type]
@@ -619,6 +648,16 @@ def report(results: list[dict[str, object]]) -> None:
                 f"metrics cost, {workers} worker(s): {cost:+.1%} of closed-loop throughput "
                 f"(median of {len(on)} run(s): {statistics.median(on):.0f} cb/s with, "
                 f"{statistics.median(off):.0f} without)"
+            )
+            cpu_on, cpu_off = (
+                [float(r["cpu_us_per_callback"]) for r in results  # type: ignore[arg-type]
+                 if r["workers"] == workers and r["server"] == name]
+                for name in ("service", "no-metrics")
+            )  # fmt: skip
+            print(
+                f"metrics cost, {workers} worker(s): {statistics.median(cpu_on):.1f} µs of the "
+                f"service's CPU per callback with, {statistics.median(cpu_off):.1f} without "
+                f"({statistics.median(cpu_on) / statistics.median(cpu_off) - 1:+.1%})"
             )
 
 

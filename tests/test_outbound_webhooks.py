@@ -452,6 +452,39 @@ async def test_a_process_busy_with_callbacks_still_delivers_in_small_steps(
     assert [tuple(row) for row in states] == [("delivered", settings.webhooks_concurrency + 3)]
 
 
+async def test_the_outbox_reads_each_message_by_its_key_whatever_the_plan_kept(db):
+    await outbox.create_endpoint(
+        db,
+        endpoint_id=uuid4(),
+        url="http://127.0.0.1:9/",
+        description=None,
+        event_types=delivery.EVENT_TYPES,
+        reference_prefix=None,
+        secret=delivery.new_secret(),
+    )
+
+    def batch() -> list[StatusReport]:
+        now = datetime.now(UTC)
+        return [
+            StatusReport(sid=new_sid(), status=status, error_code=None, received_at=now,
+                         source="callback")
+            for status in ("sent", "delivered") * 16
+        ]  # fmt: skip
+
+    # Past five runs PL/pgSQL keeps a generic plan of the trigger's statement for the session.
+    for _ in range(8):
+        await repository.record_reports(db, batch())
+    async with db.transaction():
+        for _ in range(4):
+            await repository.record_reports(db, batch())
+        scans = await db.fetchval(
+            "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'messages'"
+        )
+    assert scans == 0
+    # Each `sent` a status change, each `delivered` one and a final: to the one endpoint.
+    assert await db.fetchval("SELECT count(*) FROM webhook_deliveries") == 12 * (16 + 16 * 2)
+
+
 async def post_callback_direct(db: asyncpg.Connection, sid: str = "", status: str = "sent") -> None:
     report = StatusReport(
         sid=sid or new_sid(),
