@@ -26,6 +26,7 @@ service's run without it.
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -211,36 +212,39 @@ async def open_loop(
     }
 
 
-def rss_mib(pid: int, field: str = "VmRSS") -> float:
-    """A memory figure of a process and all its descendants (uvicorn's workers), summed:
-    VmRSS now, or VmHWM, the peak."""
-    total_kib, pending = 0, [pid]
+def process_tree(pid: int) -> Iterator[int]:
+    """A process and all its descendants (uvicorn's workers), those still alive."""
+    pending = [pid]
     while pending:
         current = pending.pop()
         try:
-            status = Path(f"/proc/{current}/status").read_text()
             children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
         except FileNotFoundError:
             continue
-        total_kib += int(re.search(rf"{field}:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        yield current
         pending.extend(int(child) for child in children)
+
+
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """A memory figure of a process and all its descendants, summed: VmRSS now, or VmHWM, the
+    peak."""
+    total_kib = 0
+    for current in process_tree(pid):
+        with contextlib.suppress(FileNotFoundError):
+            status = Path(f"/proc/{current}/status").read_text()
+            total_kib += int(re.search(rf"{field}:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
     return total_kib / 1024
 
 
 def cpu_seconds(pid: int) -> float:
     """CPU time (user and system) of a process and all its descendants, summed."""
-    total_ticks, pending = 0, [pid]
-    while pending:
-        current = pending.pop()
-        try:
+    total_ticks = 0
+    for current in process_tree(pid):
+        with contextlib.suppress(FileNotFoundError):
             stat = Path(f"/proc/{current}/stat").read_text()
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except FileNotFoundError:
-            continue
-        # Fields after the command (which may hold spaces): utime and stime are the 12th and 13th.
-        utime, stime = stat.rsplit(")", 1)[1].split()[11:13]
-        total_ticks += int(utime) + int(stime)
-        pending.extend(int(child) for child in children)
+            # Fields after the command (which may hold spaces): utime and stime, 12th and 13th.
+            utime, stime = stat.rsplit(")", 1)[1].split()[11:13]
+            total_ticks += int(utime) + int(stime)
     return total_ticks / os.sysconf("SC_CLK_TCK")
 
 
