@@ -18,6 +18,7 @@ import asyncpg
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from playwright.async_api import Browser, async_playwright
 from pydantic import SecretStr
 
 from status_tracker.app import create_app
@@ -88,15 +89,40 @@ async def create_database(postgres: EmbeddedPostgres) -> str:
     return with_database(postgres.dsn, name)
 
 
+@asynccontextmanager
+async def throwaway_database(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
+    """A new database, a copy of the migrated template, dropped afterwards; its URL."""
+    url = await create_database(postgres)
+    try:
+        yield url
+    finally:
+        admin = await asyncpg.connect(postgres.dsn)
+        try:
+            await admin.execute(f"DROP DATABASE {urlsplit(url).path[1:]} WITH (FORCE)")
+        finally:
+            await admin.close()
+
+
 @pytest.fixture
 async def database_url(postgres: EmbeddedPostgres, template_url: str) -> AsyncIterator[str]:
-    url = await create_database(postgres)
-    yield url
-    admin = await asyncpg.connect(postgres.dsn)
-    try:
-        await admin.execute(f"DROP DATABASE {urlsplit(url).path[1:]} WITH (FORCE)")
-    finally:
-        await admin.close()
+    async with throwaway_database(postgres) as url:
+        yield url
+
+
+# Debian's chromium, driven by Playwright (which downloads no browser here).
+CHROMIUM = (
+    os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            yield launched
+        finally:
+            await launched.close()
 
 
 @pytest.fixture

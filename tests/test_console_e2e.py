@@ -8,17 +8,16 @@ STATUS_TRACKER_CONSOLE_SCREENSHOTS=docs/screenshots writes the README's pictures
 import asyncio
 import os
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 
-from tests.conftest import Server
+from tests.conftest import CHROMIUM, Server
 from tests.support import API_KEY, callback_fields, new_sid, signed
-from tests.test_docs import CHROMIUM, offline_page
+from tests.test_docs import offline_page
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)"
@@ -33,16 +32,6 @@ LIFECYCLES = [
     ([("queued", None), ("sent", None), ("delivered", None), ("read", None)], "whatsapp:+4915112345678"),
     ([("sent", None)], "+14155550105"),
 ]  # fmt: skip
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 async def replay(server: Server, database_url: str) -> dict[str, str]:

@@ -2,33 +2,18 @@
 the pages must work on a machine without internet access."""
 
 import os
-import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, Route, async_playwright
+from playwright.async_api import Browser, Page, Route
 
-from tests.conftest import Server
+from tests.conftest import CHROMIUM, Server
 from tests.support import API_KEY
 
-CHROMIUM = (
-    os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-)
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)"
 )
 SCREENSHOT = os.environ.get("STATUS_TRACKER_DOCS_SCREENSHOT")
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 async def offline_page(browser: Browser, server: Server) -> tuple[Page, list[str]]:

@@ -8,7 +8,6 @@ import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 from uuid import UUID
 
 import asyncpg
@@ -25,7 +24,7 @@ from status_tracker.embedded_postgres import EmbeddedPostgres
 from status_tracker.settings import Settings
 from status_tracker.simulator import Simulator, SimulatorConfig
 from status_tracker.twilio_http import HttpxTwilioClient
-from tests.conftest import FAST_SIMULATOR, Server, app_client, create_database
+from tests.conftest import FAST_SIMULATOR, Server, app_client, throwaway_database
 from tests.conftest import Simulator as SimulatorProcess
 from tests.support import (
     ACCOUNT_SID,
@@ -306,13 +305,8 @@ UNRULY = {"duplicate_probability": 0.5, "reorder_probability": 1.0}
 @pytest.fixture
 async def other_database(postgres: EmbeddedPostgres, template_url: str) -> AsyncIterator[str]:
     """A second database, for a second service whose results are compared with the first's."""
-    url = await create_database(postgres)
-    yield url
-    admin = await asyncpg.connect(postgres.dsn)
-    try:
-        await admin.execute(f"DROP DATABASE {urlsplit(url).path[1:]} WITH (FORCE)")
-    finally:
-        await admin.close()
+    async with throwaway_database(postgres) as url:
+        yield url
 
 
 async def run_simulated_traffic(
