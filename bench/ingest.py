@@ -249,26 +249,39 @@ def cpu_seconds(pid: int) -> float:
 
 
 def closed_loop_with_memory(
-    url: str, script: Path, duration: int, concurrency: int, pid: int
-) -> dict[str, float]:
+    url: str,
+    script: Path,
+    duration: int,
+    concurrency: int,
+    pid: int,
+    database_pid: int | None = None,
+) -> dict[str, float | None]:
     """`closed_loop`, noting the servers' RSS once a quarter of the load is done and at its end
-    (under sustained load the two should match: memory stays flat), and the servers' CPU time
-    per callback (steadier than throughput on a machine whose speed varies)."""
+    (under sustained load the two should match: memory stays flat), and the CPU time per callback
+    of the servers and of PostgreSQL (its postmaster and backends, when the bench started it):
+    steadier than throughput on a machine whose speed varies, and it tells which side a change
+    weighs on."""
     quarter: list[float] = []
     timer = threading.Timer(duration / 4, lambda: quarter.append(rss_mib(pid)))
     timer.start()
     cpu_before = cpu_seconds(pid)
+    database_before = cpu_seconds(database_pid) if database_pid else 0.0
     try:
         result = closed_loop(url, script, duration, concurrency)
     finally:
         timer.cancel()
-    cpu_us = (cpu_seconds(pid) - cpu_before) / max(result["acknowledged"], 1) * 1e6
+    acknowledged = max(result["acknowledged"], 1)
+    cpu_us = (cpu_seconds(pid) - cpu_before) / acknowledged * 1e6
+    database_us = (
+        (cpu_seconds(database_pid) - database_before) / acknowledged * 1e6 if database_pid else None
+    )
     end = rss_mib(pid)
     return {
         **result,
         "rss_quarter_mib": round(quarter[0], 1),
         "rss_end_mib": round(end, 1),
         "cpu_us_per_callback": round(cpu_us, 1),
+        "database_cpu_us_per_callback": database_us and round(database_us, 1),
     }
 
 
@@ -294,15 +307,34 @@ def start_receiver() -> tuple[str, ThreadingHTTPServer]:
     return f"http://127.0.0.1:{port}/hooks", receiver
 
 
-async def webhook_counts(dsn: str) -> tuple[int, int]:
-    """(outbox events, deliveries delivered)."""
+async def webhook_counts(dsn: str) -> tuple[int, int, int]:
+    """(outbox events, deliveries delivered, notes of stored reports still to derive)."""
     connection = await asyncpg.connect(dsn)
     try:
         row = await connection.fetchrow(
             "SELECT (SELECT count(*) FROM webhook_events) AS events, "
-            "(SELECT count(*) FROM webhook_deliveries WHERE state = 'delivered') AS delivered"
+            "(SELECT count(*) FROM webhook_deliveries WHERE state = 'delivered') AS delivered, "
+            "(SELECT count(*) FROM webhook_pending_reports) AS notes"
         )
-        return row["events"], row["delivered"]
+        return row["events"], row["delivered"], row["notes"]
+    finally:
+        await connection.close()
+
+
+async def drain_seconds(dsn: str, within: float = 600) -> float | None:
+    """How long, once the load is over, until every stored report is derived and every event
+    delivered (None: not within `within` seconds)."""
+    started = time.monotonic()
+    connection = await asyncpg.connect(dsn)
+    try:
+        while time.monotonic() - started < within:
+            if not await connection.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM webhook_pending_reports) "
+                "OR EXISTS (SELECT 1 FROM webhook_deliveries WHERE state = 'pending')"
+            ):
+                return round(time.monotonic() - started, 1)
+            await asyncio.sleep(0.2)
+        return None
     finally:
         await connection.close()
 
@@ -363,7 +395,9 @@ async def store_accounts(dsn: str, count: int, secret_key: str) -> list[tuple[st
     return accounts
 
 
-def run(args: argparse.Namespace, dsn: str, directory: Path) -> list[dict[str, object]]:
+def run(
+    args: argparse.Namespace, dsn: str, directory: Path, database_pid: int | None
+) -> list[dict[str, object]]:
     results: list[dict[str, object]] = []
     secret_key = Fernet.generate_key().decode()
     accounts = asyncio.run(store_accounts(dsn, args.accounts, secret_key)) or None
@@ -434,10 +468,13 @@ def run(args: argparse.Namespace, dsn: str, directory: Path) -> list[dict[str, o
                 ).json()["id"]
             try:
                 closed = closed_loop_with_memory(
-                    url, script, args.duration, args.concurrency, server.pid
+                    url, script, args.duration, args.concurrency, server.pid, database_pid
                 )
                 opened = asyncio.run(open_loop(url, requests, args.rate, args.duration))
                 rss = rss_mib(server.pid, "VmHWM")
+                if endpoint is not None:
+                    events, delivered, notes = asyncio.run(webhook_counts(dsn))
+                    drained = asyncio.run(drain_seconds(dsn, args.drain_within))
             finally:
                 if endpoint is not None:
                     # Paused, not deleted: its deliveries stay to be counted; the next run has none.
@@ -457,7 +494,9 @@ def run(args: argparse.Namespace, dsn: str, directory: Path) -> list[dict[str, o
                 "peak_rss_mib": round(rss, 1),
             }
             if name == "webhooks":
-                result["outbox_events"], result["delivered"] = asyncio.run(webhook_counts(dsn))
+                result.update(
+                    outbox_events=events, delivered=delivered, notes=notes, drain_seconds=drained
+                )
             if name != "baseline":
                 stored = asyncio.run(stored_events(dsn)) - before
                 acknowledged = closed["acknowledged"] + opened["acknowledged"]
@@ -604,7 +643,8 @@ def report_event_streams(result: dict[str, object]) -> None:
 def report(results: list[dict[str, object]]) -> None:
     print(
         f"{'server':9} {'workers':>7} {'cb/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
-        f"{'rate':>5} {'p50 ms':>7} {'p99 ms':>7} {'RSS MiB':>8} {'ratio':>6} {'CPU µs':>7}"
+        f"{'rate':>5} {'p50 ms':>7} {'p99 ms':>7} {'RSS MiB':>8} {'ratio':>6} {'CPU µs':>7} "
+        f"{'DB µs':>7}"
     )
     # The service against the baseline; the service with a webhook endpoint against the service.
     against: dict[tuple[object, object], float] = {}
@@ -616,17 +656,21 @@ def report(results: list[dict[str, object]]) -> None:
         if reference is not None:
             ratio = f"{float(r['per_second']) / against[reference, r['workers']]:.2f}"  # type: ignore[arg-type]
         against[r["server"], r["workers"]] = float(r["per_second"])  # type: ignore[arg-type]
+        database_us = r["database_cpu_us_per_callback"]
         print(
             f"{r['server']:9} {r['workers']:>7} {r['per_second']:>9.0f} {r['p50_ms']:>7.1f} "
             f"{r['p99_ms']:>7.1f} {r['errors']:>6} {o['rate']:>5} {o['p50_ms']:>7.1f} "
             f"{o['p99_ms']:>7.1f} {r['peak_rss_mib']:>8} {ratio:>6} "
-            f"{r['cpu_us_per_callback']:>7}"
+            f"{r['cpu_us_per_callback']:>7} {'' if database_us is None else database_us:>7}"
         )
     for r in results:
         if r["server"] == "webhooks":
             print(
-                f"webhooks, {r['workers']} worker(s): {r['outbox_events']} outbox events so far, "
-                f"{r['delivered']} delivered by the end of the run"
+                f"webhooks, {r['workers']} worker(s): at the end of the load "
+                f"{r['outbox_events']} outbox events, {r['delivered']} delivered, "
+                f"{r['notes']} notes of stored reports still to derive; every report derived "
+                f"and every event delivered {r['drain_seconds']} s after (None: not within "
+                "--drain-within)"
             )
         if r["server"] != "baseline":
             print(
@@ -638,31 +682,40 @@ def report(results: list[dict[str, object]]) -> None:
             )
     print(
         "(columns 3-6: closed loop with wrk; 7-9: open loop at a fixed rate; CPU µs: the "
-        "servers' CPU time per callback acknowledged in the closed loop)"
+        "servers' CPU time per callback acknowledged in the closed loop; DB µs: PostgreSQL's)"
     )
+    # What metrics cost (the service against no-metrics) and what a webhook endpoint costs
+    # (webhooks against the service): medians when --workers repeats a count.
     for workers in sorted({r["workers"] for r in results}, key=str):
-        on, off = (
-            [float(r["per_second"]) for r in results  # type: ignore[arg-type]
-             if r["workers"] == workers and r["server"] == name]
-            for name in ("service", "no-metrics")
-        )  # fmt: skip
-        if on and off:
-            cost = 1 - statistics.median(on) / statistics.median(off)
+        for what, with_it, without in (
+            ("metrics", "service", "no-metrics"),
+            ("a webhook endpoint", "webhooks", "service"),
+        ):
+            pair = [
+                [r for r in results if r["workers"] == workers and r["server"] == name]
+                for name in (with_it, without)
+            ]
+            if not all(pair):
+                continue
+
+            def median(runs: list[dict[str, object]], key: str) -> float:
+                return statistics.median(float(r[key]) for r in runs)  # type: ignore[arg-type]
+
+            on, off = (median(runs, "per_second") for runs in pair)
             print(
-                f"metrics cost, {workers} worker(s): {cost:+.1%} of closed-loop throughput "
-                f"(median of {len(on)} run(s): {statistics.median(on):.0f} cb/s with, "
-                f"{statistics.median(off):.0f} without)"
+                f"{what} cost, {workers} worker(s): {1 - on / off:+.1%} of closed-loop throughput "
+                f"(median of {len(pair[0])} run(s): {on:.0f} cb/s with, {off:.0f} without)"
             )
-            cpu_on, cpu_off = (
-                [float(r["cpu_us_per_callback"]) for r in results  # type: ignore[arg-type]
-                 if r["workers"] == workers and r["server"] == name]
-                for name in ("service", "no-metrics")
-            )  # fmt: skip
-            print(
-                f"metrics cost, {workers} worker(s): {statistics.median(cpu_on):.1f} µs of the "
-                f"service's CPU per callback with, {statistics.median(cpu_off):.1f} without "
-                f"({statistics.median(cpu_on) / statistics.median(cpu_off) - 1:+.1%})"
-            )
+            for side, key in (
+                ("the service's", "cpu_us_per_callback"),
+                ("PostgreSQL's", "database_cpu_us_per_callback"),
+            ):
+                if pair[0][0][key] is not None:
+                    on, off = (median(runs, key) for runs in pair)
+                    print(
+                        f"{what} cost, {workers} worker(s): {on:.1f} µs of {side} CPU per "
+                        f"callback with, {off:.1f} without ({on / off - 1:+.1%})"
+                    )
 
 
 def main() -> None:
@@ -675,6 +728,13 @@ def main() -> None:
     parser.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")], default=[1, 2])
     parser.add_argument("--messages", type=int, default=25_000, help="distinct message SIDs")
     parser.add_argument("--no-fsync", action="store_true")
+    parser.add_argument(
+        "--drain-within",
+        type=float,
+        default=600,
+        help="with --webhook-endpoint: seconds to wait after the load for every event to be "
+        "delivered (0: do not wait)",
+    )
     parser.add_argument(
         "--accounts", type=int, default=0, help="stored Twilio accounts the callbacks belong to"
     )
@@ -701,31 +761,34 @@ def main() -> None:
     args = parser.parse_args()
     if not args.event_streams and shutil.which("wrk") is None:
         raise SystemExit("bench/ingest.py needs wrk: apt-get install wrk")
-    with bench_database(args) as (dsn, directory):
+    with bench_database(args) as (dsn, directory, database_pid):
         if args.event_streams:
             result = run_event_streams(args, dsn, directory)
             print(json.dumps(result, indent=2) if args.json else "", end="")
             report_event_streams(result)
         else:
-            results = run(args, dsn, directory)
+            results = run(args, dsn, directory, database_pid)
             print(json.dumps(results, indent=2) if args.json else "", end="")
             report(results)
 
 
 @contextmanager
-def bench_database(args: argparse.Namespace) -> Iterator[tuple[str, Path]]:
-    """DATABASE_URL or a throwaway embedded cluster, migrated; and a scratch directory."""
+def bench_database(args: argparse.Namespace) -> Iterator[tuple[str, Path, int | None]]:
+    """DATABASE_URL or a throwaway embedded cluster, migrated; a scratch directory; and the
+    cluster's postmaster pid (None for DATABASE_URL's server: its CPU time is not ours to read)."""
     directory = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     directory.chmod(0o755)
     cluster = None
+    database_pid = None
     try:
         dsn = os.environ.get("DATABASE_URL")
         if dsn is None:
             options = {"fsync": "off"} if args.no_fsync else {}
             cluster = EmbeddedPostgres(directory / "postgres", server_options=options)
             dsn = cluster.start()
+            database_pid = int((cluster.cluster / "postmaster.pid").read_text().split()[0])
         migrate(dsn)
-        yield dsn, directory
+        yield dsn, directory, database_pid
     finally:
         if cluster is not None:
             cluster.stop()

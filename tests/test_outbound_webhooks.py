@@ -410,6 +410,7 @@ async def test_endpoints_are_listed_changed_and_deleted(settings, receiver):
 
 async def test_no_outbox_rows_without_a_listener(client, db):
     await post_callback(client, new_sid(), "sent")
+    assert await db.fetchval("SELECT count(*) FROM webhook_pending_reports") == 0
     assert await db.fetchval("SELECT count(*) FROM webhook_events") == 0
 
 
@@ -421,6 +422,7 @@ async def test_the_outbox_is_pruned_past_its_retention(settings, receiver, db):
     await db.execute("UPDATE webhook_events SET created_at = now() - interval '8 days'")
     await db.execute("UPDATE webhook_deliveries SET created_at = now() - interval '8 days'")
     await post_callback_direct(db)
+    assert await outbox.derive_events(db, 10) == 1
     assert await outbox.prune(db, 7 * 86400) == 2  # the old event and its delivery
     assert await db.fetchval("SELECT count(*) FROM webhook_attempts") == 0
     assert await db.fetchval("SELECT count(*) FROM webhook_deliveries") == 1
@@ -452,7 +454,7 @@ async def test_a_process_busy_with_callbacks_still_delivers_in_small_steps(
     assert [tuple(row) for row in states] == [("delivered", settings.webhooks_concurrency + 3)]
 
 
-async def test_the_outbox_reads_each_message_by_its_key_whatever_the_plan_kept(db):
+async def attach_endpoint(db: asyncpg.Connection) -> None:
     await outbox.create_endpoint(
         db,
         endpoint_id=uuid4(),
@@ -463,26 +465,97 @@ async def test_the_outbox_reads_each_message_by_its_key_whatever_the_plan_kept(d
         secret=delivery.new_secret(),
     )
 
-    def batch() -> list[StatusReport]:
-        now = datetime.now(UTC)
-        return [
-            StatusReport(sid=new_sid(), status=status, error_code=None, received_at=now,
-                         source="callback")
-            for status in ("sent", "delivered") * 16
-        ]  # fmt: skip
 
-    # Past five runs PL/pgSQL keeps a generic plan of the trigger's statement for the session.
+def lifecycles(messages: int) -> list[StatusReport]:
+    """`sent` then `delivered` of fresh messages: each a status change, each `delivered` one and
+    a final."""
+    now = datetime.now(UTC)
+    return [
+        StatusReport(sid=sid, status=status, error_code=None, received_at=now, source="callback")
+        for sid in (new_sid() for _ in range(messages))
+        for status in ("sent", "delivered")
+    ]
+
+
+async def test_the_outbox_reads_each_message_by_its_key_whatever_the_plan_kept(db):
+    await attach_endpoint(db)
+    # Past five runs PL/pgSQL keeps a generic plan of the derivation's statement for the session.
     for _ in range(8):
-        await repository.record_reports(db, batch())
+        await repository.record_reports(db, lifecycles(16))
+        await outbox.derive_events(db, 100)
     async with db.transaction():
         for _ in range(4):
-            await repository.record_reports(db, batch())
+            await repository.record_reports(db, lifecycles(16))
+            await outbox.derive_events(db, 100)
         scans = await db.fetchval(
             "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'messages'"
         )
     assert scans == 0
-    # Each `sent` a status change, each `delivered` one and a final: to the one endpoint.
     assert await db.fetchval("SELECT count(*) FROM webhook_deliveries") == 12 * (16 + 16 * 2)
+
+
+async def test_the_callbacks_transaction_only_notes_what_to_tell(db):
+    await attach_endpoint(db)
+    async with db.transaction():
+        await repository.record_reports(db, lifecycles(3))
+        # One note for the statement, no event yet: those are derived off the callback's path.
+        notes = await db.fetch("SELECT event_ids FROM webhook_pending_reports")
+        assert [len(note["event_ids"]) for note in notes] == [3, 3]  # two rounds: sent, delivered
+        assert await db.fetchval("SELECT count(*) FROM webhook_events") == 0
+    assert await outbox.derive_events(db, 4) == 6  # whole notes, up to (here past) 4 reports
+    assert await db.fetchval("SELECT count(*) FROM webhook_pending_reports") == 0
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 3 * 3
+
+
+async def events_told(db: asyncpg.Connection) -> list[tuple[Any, ...]]:
+    rows = await db.fetch(
+        "SELECT message_id, sequence, type, payload->>'status' AS status, "
+        "payload->>'previous_status' AS previous FROM webhook_events ORDER BY message_id, sequence"
+    )
+    return [tuple(row) for row in rows]
+
+
+@pytest.mark.parametrize("reports_at_a_time", [1, 7, 1000])
+async def test_derived_alike_in_steps_of_any_size(db, reports_at_a_time):
+    """A message's reports noted by many statements (shuffled, repeated, out of order) are judged
+    and numbered in the order they were stored, however many a derivation takes."""
+    await attach_endpoint(db)
+    sids = [new_sid() for _ in range(5)]
+    statuses = ["delivered", "sent", "queued", "read", "sent", "undelivered", "failed"]
+    for i, status in enumerate(statuses * 2):
+        reports = [
+            StatusReport(sid=sid, status=status, error_code=None, received_at=datetime.now(UTC),
+                         source="callback")
+            for sid in sids[i % 2 :]
+        ]  # fmt: skip
+        await repository.record_reports(db, reports)
+    while await outbox.derive_events(db, reports_at_a_time):
+        pass
+    told = await events_told(db)
+    for sid in sids:
+        message_id = await db.fetchval("SELECT id FROM messages WHERE sid = $1", sid)
+        mine = [row[1:] for row in told if row[0] == message_id]
+        # Only what raised the status: delivered (also final), then read; `sent`, `queued`,
+        # `undelivered`, `failed` came after a higher status and change nothing.
+        assert mine == [
+            (1, "message.status_changed", "delivered", None),
+            (2, "message.final", "delivered", None),
+            (3, "message.status_changed", "read", "delivered"),
+        ]
+
+
+async def test_one_derivation_at_a_time(database_url, db):
+    await attach_endpoint(db)
+    await repository.record_reports(db, lifecycles(2))
+    other = await asyncpg.connect(database_url)
+    try:
+        async with db.transaction():
+            assert await outbox.derive_events(db, 1) == 2  # the first note, of 2 reports
+            # Until this transaction ends, a second caller takes nothing instead of waiting.
+            assert await outbox.derive_events(other, 10) == 0
+        assert await outbox.derive_events(other, 10) == 2
+    finally:
+        await other.close()
 
 
 async def post_callback_direct(db: asyncpg.Connection, sid: str = "", status: str = "sent") -> None:
@@ -507,6 +580,20 @@ async def test_upgrade_keeps_every_event_of_a_filled_store(database_url, db):
     after = await db.fetch("SELECT * FROM message_events ORDER BY id")
     assert [dict(row) for row in after] == [dict(row) for row in before] and len(before) == 6
     assert await db.fetchval("SELECT count(*) FROM webhook_events") == 0
+
+
+async def test_downgrade_derives_what_is_noted_and_puts_the_trigger_back(database_url, db):
+    await attach_endpoint(db)
+    await repository.record_reports(db, lifecycles(2))  # noted, not derived: 6 events to tell
+    await asyncio.to_thread(downgrade, database_url, "2026_12_12_daily_rollups")
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 6
+    await repository.record_reports(db, lifecycles(1))  # the previous trigger tells at once
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 9
+    await asyncio.to_thread(migrate, database_url)
+    await repository.record_reports(db, lifecycles(1))
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 9
+    assert await outbox.derive_events(db, 10) == 2
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 12
 
 
 def test_stream_lines_carry_the_webhook_body():

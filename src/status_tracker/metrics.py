@@ -129,7 +129,8 @@ WEBHOOK_DELIVERIES = Counter(
 )
 WEBHOOK_OLDEST = Gauge(
     "status_tracker_webhook_oldest_undelivered_seconds",
-    "Age of the oldest webhook delivery still pending (0: none).",
+    "Age of the oldest webhook delivery still pending, or stored report whose events are not "
+    "yet derived (0: none).",
     multiprocess_mode="max",
 )
 

@@ -1,8 +1,11 @@
 """Every SQL statement of outbound webhooks and the event stream.
 
-The outbox itself (`webhook_events`) and each event's deliveries are written by triggers of the
-2026_12_07_webhooks migration, in the transaction that stores the report causing them, whichever
-path stores it (callbacks, sends, inbound messages, reconciliation): no commit without its events.
+Whichever path stores a report (callbacks, sends, inbound messages, reconciliation), a trigger
+notes it in `webhook_pending_reports` in the same transaction while anybody listens: no commit
+without what it must tell. The delivery workers then derive the outbox's events
+(`webhook_events`) and each event's deliveries from those notes (`derive_events`), off the
+callback's path. A finished reconciliation pass writes its event at once, by a trigger of its own.
+(Migrations 2026_12_07_webhooks and 2026_12_13_webhooks_off_the_path.)
 """
 
 from collections.abc import Sequence
@@ -162,6 +165,15 @@ async def replay(db: Executor, endpoint_id: UUID, since: datetime, until: dateti
 # --- Delivery workers ---------------------------------------------------------------------------
 
 
+async def derive_events(db: Executor, max_reports: int) -> int:
+    """Turn the oldest notes of stored reports (one per statement that stored some), up to
+    `max_reports` reports, into outbox events and their deliveries, in one transaction; how many
+    reports were taken. One call runs at a time across every process: another returns 0 at
+    once."""
+    taken: int = await db.fetchval("SELECT webhook_derive_events($1)", max_reports)
+    return taken
+
+
 async def claim_deliveries(db: Executor, limit: int, lease_seconds: float) -> list[asyncpg.Record]:
     """Take up to `limit` due deliveries of enabled endpoints, for `lease_seconds`: a worker that
     dies with them leaves them due again once the lease is over. Other workers skip the rows
@@ -305,10 +317,14 @@ async def record_delivered(db: Executor, attempts: Sequence[Delivered]) -> None:
 
 
 async def oldest_pending_seconds(db: Executor) -> float:
-    """How long the oldest delivery still pending has waited (0: none)."""
+    """How long the oldest delivery still pending, or report whose events are still to derive,
+    has waited (0: none)."""
     seconds: float = await db.fetchval(
-        "SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 "
-        "FROM webhook_deliveries WHERE state = 'pending'"
+        """
+        SELECT coalesce(extract(epoch FROM now() - least(
+            (SELECT min(created_at) FROM webhook_deliveries WHERE state = 'pending'),
+            (SELECT created_at FROM webhook_pending_reports ORDER BY id LIMIT 1))), 0)::float8
+        """
     )
     return seconds
 
