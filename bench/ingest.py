@@ -665,12 +665,13 @@ def report(results: list[dict[str, object]]) -> None:
         )
     for r in results:
         if r["server"] == "webhooks":
+            drained = r["drain_seconds"]
             print(
                 f"webhooks, {r['workers']} worker(s): at the end of the load "
                 f"{r['outbox_events']} outbox events, {r['delivered']} delivered, "
                 f"{r['notes']} notes of stored reports still to derive; every report derived "
-                f"and every event delivered {r['drain_seconds']} s after (None: not within "
-                "--drain-within)"
+                "and every event delivered "
+                + ("not within --drain-within" if drained is None else f"{drained} s after")
             )
         if r["server"] != "baseline":
             print(

@@ -134,10 +134,10 @@ class Deliverer:
     Both give way to callbacks: they are off the callback's path, deriving an event costs the
     database about what storing its report does, and a delivery costs this process about what a
     callback costs (an HTTP request each way). While `busy()` says the process is busy with
-    callbacks (they queue for the database), a worker derives a few statements' reports and
-    delivers one claim at a time, and pauses between, so that ingest keeps nearly all of its
-    throughput; what is left behind is done once the load eases. Successful attempts, the bulk of
-    them, are recorded in batches, failures at once."""
+    callbacks (they queue for the database), a worker derives `BUSY_DERIVE_REPORTS` reports'
+    events and delivers one claim at a time, and pauses between, so that ingest keeps nearly all
+    of its throughput; what is left behind is done once the load eases. Successful attempts, the
+    bulk of them, are recorded in batches, failures at once."""
 
     POLL_SECONDS = 0.5
     PRUNE_EVERY_SECONDS = 600
